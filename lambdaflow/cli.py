@@ -1,0 +1,233 @@
+"""``lambdaflow``: the front door to every capability.
+
+Global options choose the configuration: ``--profile`` (or ``LAMBDAFLOW_PROFILE``),
+``--pipeline`` (or ``LAMBDAFLOW_PIPELINE``) and ``--conf`` (or ``LAMBDAFLOW_CONF``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table as RichTable
+
+from lambdaflow import paths
+from lambdaflow.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="Lambdaflow: a Lambda-architecture ML data system.", no_args_is_help=True, add_completion=False)
+services_app = typer.Typer(help="Embedded services (Kafka-compatible broker, moto S3).", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect and validate configuration.", no_args_is_help=True)
+tables_app = typer.Typer(help="Inspect Delta tables.", no_args_is_help=True)
+app.add_typer(services_app, name="services")
+app.add_typer(config_app, name="config")
+app.add_typer(tables_app, name="tables")
+
+console = Console()
+err = Console(stderr=True)
+
+
+class _State:
+    profile: str | None = None
+    pipeline: Path | None = None
+    conf: Path | None = None
+    _settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.profile, self.pipeline, self.conf)
+        return self._settings
+
+
+state = _State()
+
+
+@app.callback()
+def _global(
+    profile: Annotated[Optional[str], typer.Option(help="Profile name or YAML path (default: $LAMBDAFLOW_PROFILE or 'local').")] = None,
+    pipeline: Annotated[Optional[Path], typer.Option(help="Pipeline YAML (default: $LAMBDAFLOW_PIPELINE or conf/pipeline.yaml).")] = None,
+    conf: Annotated[Optional[Path], typer.Option(help="Configuration directory (default: $LAMBDAFLOW_CONF or ./conf).")] = None,
+) -> None:
+    state.profile, state.pipeline, state.conf = profile, pipeline, conf
+    state._settings = None
+
+
+# --------------------------------------------------------------------------- config
+
+
+@config_app.command("check")
+def config_check() -> None:
+    """Validate the pipeline and the profile; print a summary."""
+    s = state.settings()
+    console.print(f"[green]ok[/] pipeline [bold]{s.pipeline.name}[/] ({s.pipeline_path}) on profile [bold]{s.profile_name}[/] ({s.profile_path})")
+    console.print(f"  storage root: {s.profile.storage.uri}")
+    console.print(f"  views: {', '.join(v.name for v in s.pipeline.views) or 'none'}; features: {len(s.pipeline.features)}")
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective configuration (defaults filled in) as JSON."""
+    s = state.settings()
+    console.print_json(json.dumps({"pipeline": s.pipeline.model_dump(by_alias=True), "profile": s.profile.model_dump(by_alias=True)}, default=str))
+
+
+# --------------------------------------------------------------------------- services
+
+
+@services_app.command("up")
+def services_up() -> None:
+    """Start the embedded broker (and moto for s3 storage); wait until it answers."""
+    from lambdaflow import services
+
+    profile = state.settings().profile
+    with console.status("starting the embedded broker…"):
+        running = services.up(profile)
+    for record in running.values():
+        console.print(f"[green]up[/] {record.name:<7} pid {record.pid:<8} {record.address}  {record.storage}")
+    console.print(f"state: {services.state_dir(profile)}")
+
+
+@services_app.command("down")
+def services_down() -> None:
+    """Stop the services `services up` started for this storage root (and nothing else)."""
+    from lambdaflow import services
+
+    stopped = services.down(state.settings().profile)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@services_app.command("status")
+def services_status(
+    count: Annotated[bool, typer.Option(help="Count the records of every topic by consuming them.")] = True,
+) -> None:
+    """Show the services, and the records each topic holds (counted by consuming, not from end_offsets)."""
+    from lambdaflow import services
+
+    profile = state.settings().profile
+    rows = services.status(profile)
+    table = RichTable(title="services")
+    for col in ("service", "state", "pid", "address", "storage"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.name, "[green]running[/]" if r.running else "[red]stopped[/]", str(r.pid), r.address, r.storage)
+    console.print(table if rows else "no embedded services recorded (start them with `lambdaflow services up`)")
+    broker_up = any(r.name == "broker" and r.running for r in rows) or profile.kafka.kind == "external"
+    if count and broker_up:
+        bootstrap = services.bootstrap_servers(profile)
+        topics = RichTable(title="topics (records counted by consuming)")
+        for col in ("topic", "partitions", "records"):
+            topics.add_column(col, justify="right" if col != "topic" else "left")
+        for topic in services.list_topics(bootstrap):
+            per_partition = services.count_records(bootstrap, topic)
+            topics.add_row(topic, str(len(per_partition)), f"{sum(per_partition.values()):,}")
+        console.print(topics)
+
+
+@services_app.command("restart-broker")
+def services_restart_broker() -> None:
+    """Restart the embedded broker on the same address (memory storage loses its records)."""
+    from lambdaflow import services
+
+    record = services.restart_broker(state.settings().profile)
+    console.print(f"[green]restarted[/] broker pid {record.pid} at {record.address}")
+
+
+# --------------------------------------------------------------------------- produce
+
+
+@app.command()
+def produce(
+    events: Annotated[int, typer.Option(help="Number of sample events to generate.")] = 100_000,
+    days: Annotated[float, typer.Option(help="Simulated period of the sample, in days.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Seed of the sample generator.")] = 7,
+    file: Annotated[Optional[Path], typer.Option(help="Replay this CSV/Parquet/JSONL file instead of generating.")] = None,
+    topic: Annotated[Optional[str], typer.Option(help="Target topic (default: the pipeline's source topic).")] = None,
+    labels: Annotated[bool, typer.Option(help="Also send the sample's chargebacks to the label topic.")] = True,
+    rate: Annotated[Optional[float], typer.Option(help="Records per second to stay under (default: as fast as possible).")] = None,
+) -> None:
+    """Send sample events (and their late chargebacks), or replay a file, keyed by the partition key."""
+    from lambdaflow import producer, sample_data, services
+
+    s = state.settings()
+    events_spec = s.pipeline.events
+    bootstrap = services.bootstrap_servers(s.profile)
+    target = topic or s.pipeline.source.topic
+    streams: list[producer.Stream] = []
+    if file is not None:
+        rows = producer.in_time_order(producer.read_file(file), events_spec.time_column)
+        streams.append(producer.Stream(target, rows, events_spec.partition_key, events_spec.time_column))
+    else:
+        missing = set(events_spec.fields) - set(sample_data.EVENT_SCHEMA.names)
+        if missing:
+            raise typer.BadParameter(
+                f"the sample generator makes card transactions; this pipeline's events also need {sorted(missing)}: "
+                "replay your data with --file", param_hint="--events"
+            )
+        with console.status(f"generating {events:,} events over {days:g} days…"):
+            sample = sample_data.generate(events, days, seed)
+        console.print(f"generated {events:,} events, fraud rate {sample.fraud_rate:.2%}, {sample.labels.num_rows:,} chargebacks")
+        streams.append(producer.Stream(target, sample.events, events_spec.partition_key, events_spec.time_column))
+        if labels and s.pipeline.labels is not None:
+            spec = s.pipeline.labels
+            streams.append(producer.Stream(spec.topic, sample.labels, events_spec.partition_key, spec.time_column))
+    for stream in streams:
+        partitions = s.pipeline.source.partitions
+        services.ensure_topic(bootstrap, stream.topic, partitions)
+    total = sum(st.rows.num_rows for st in streams)
+    with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("produce", total=total)
+        report = producer.produce(bootstrap, streams, rate=rate, on_progress=lambda n: bar.advance(task, n))
+    for name, n in report.sent.items():
+        console.print(f"[green]sent[/] {n:,} records to [bold]{name}[/]")
+    console.print(f"{report.total:,} records acknowledged in {report.seconds:.1f}s ({report.total / max(report.seconds, 1e-9):,.0f}/s)")
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@tables_app.command("list")
+def tables_list() -> None:
+    """List the Delta tables under the storage root with their version and size."""
+    from lambdaflow.tables import Table
+
+    s = state.settings()
+    out = RichTable(title=f"tables under {s.profile.storage.uri}")
+    for col in ("table", "version", "files", "records"):
+        out.add_column(col, justify="left" if col == "table" else "right")
+    for name, uri in paths.existing_tables(s.profile):
+        snap = Table(uri).snapshot()
+        out.add_row(name, str(snap.version), str(len(snap.files)), f"{snap.num_records:,}")
+    console.print(out)
+
+
+@tables_app.command("history")
+def tables_history(
+    name: Annotated[str, typer.Argument(help="Table name relative to the storage root, e.g. master/events.")],
+    limit: Annotated[int, typer.Option(help="Newest commits to show.")] = 10,
+) -> None:
+    """Show a table's commits, newest first, with their custom metadata."""
+    from lambdaflow.tables import Table
+
+    table = Table(paths.table_uri(state.settings().profile, name))
+    for commit in table.history(limit):
+        console.print_json(json.dumps(commit, default=str))
+
+
+def main() -> None:
+    """Console entry point: configuration and service errors become one clear line, not a traceback."""
+    from lambdaflow.services import ServiceError
+    from lambdaflow.tables import TableError
+
+    try:
+        app()
+    except (ConfigError, ServiceError, TableError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

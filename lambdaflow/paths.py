@@ -1,0 +1,58 @@
+"""Where every table lives: one place for the names and locations under the storage root."""
+
+from __future__ import annotations
+
+import pyarrow.fs as pafs
+
+from lambdaflow.config import ProfileConfig
+
+#: Raw events, appended exactly once by the speed layer (the immutable master dataset).
+MASTER_EVENTS = "master/events"
+#: Labels (e.g. chargebacks), appended exactly once by the speed layer.
+MASTER_LABELS = "master/labels"
+#: Records that failed validation, with the reason and the raw bytes.
+QUARANTINE = "quarantine"
+#: Scores of the speed layer, one row per event.
+PREDICTIONS = "predictions"
+#: Point-in-time training sets built by the batch layer.
+TRAINING_SET = "batch/_training_set"
+
+
+def batch_view(view: str) -> str:
+    """The batch layer's table of a view."""
+    return f"batch/{view}"
+
+
+def speed_view(view: str) -> str:
+    """The speed layer's partial aggregates of a view."""
+    return f"speed/{view}"
+
+
+def table_uri(profile: ProfileConfig, name: str) -> str:
+    """Absolute URI of a table given its name relative to the storage root."""
+    return f"{profile.storage.uri.rstrip('/')}/{name.strip('/')}"
+
+
+def existing_tables(profile: ProfileConfig, max_depth: int = 3) -> list[tuple[str, str]]:
+    """(name, uri) of every Delta table under the storage root, sorted by name."""
+    root = profile.storage.uri.rstrip("/")
+    fs, base = pafs.FileSystem.from_uri(root)
+    found: list[tuple[str, str]] = []
+
+    def walk(path: str, depth: int) -> None:
+        try:
+            entries = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        except OSError:
+            return
+        names = {e.base_name for e in entries}
+        if "_delta_log" in names:
+            name = path[len(base) :].strip("/")
+            found.append((name, f"{root}/{name}"))
+            return
+        if depth < max_depth:
+            for e in entries:
+                if e.type == pafs.FileType.Directory and not e.base_name.startswith(("_", ".")):
+                    walk(e.path, depth + 1)
+
+    walk(base, 0)
+    return sorted(found)

