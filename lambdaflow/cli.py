@@ -19,7 +19,7 @@ from rich.table import Table as RichTable
 from lambdaflow import paths
 from lambdaflow.config import ConfigError, Settings, load_settings
 
-app = typer.Typer(help="Lambdaflow: a Lambda-architecture ML data system.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Lambdaflow: a Lambda-architecture ML data system.", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 services_app = typer.Typer(help="Embedded services (Kafka-compatible broker, moto S3).", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect and validate configuration.", no_args_is_help=True)
 tables_app = typer.Typer(help="Inspect Delta tables.", no_args_is_help=True)

@@ -81,11 +81,32 @@ def read_file(path: str | Path) -> pa.Table:
     raise ValueError(f"{path}: cannot replay a {suffix or 'suffix-less'} file; use .csv, .parquet or .jsonl")
 
 
+def time_values(table: pa.Table, time_column: str | None) -> np.ndarray | None:
+    """Event times as int64 microseconds, or None when the column is absent or not all parseable.
+
+    Files may hold malformed rows on purpose (to exercise quarantine); those
+    are replayed in file order rather than refused.
+    """
+    if not time_column or time_column not in table.column_names or table.num_rows == 0:
+        return None
+    column = table.column(time_column)
+    try:
+        if not pa.types.is_timestamp(column.type):
+            column = pc.cast(column, pa.timestamp("us", tz="UTC"))
+        values = pc.cast(column, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if values.null_count:
+        return None
+    return values.to_numpy(zero_copy_only=False)
+
+
 def in_time_order(table: pa.Table, time_column: str | None) -> pa.Table:
-    """Sort rows by ``time_column`` (stable) when the table has it."""
-    if time_column and time_column in table.column_names:
-        return table.take(pc.sort_indices(table, [(time_column, "ascending")], null_placement="at_end"))
-    return table
+    """Sort rows by ``time_column`` (stable) when every row has a parseable time; else keep file order."""
+    times = time_values(table, time_column)
+    if times is None:
+        return table
+    return table.take(pa.array(np.argsort(times, kind="stable")))
 
 
 @dataclass(frozen=True)
@@ -101,12 +122,7 @@ class Stream:
 def _merged_chunks(streams: list[Stream]) -> Iterator[tuple[Stream, pa.Table]]:
     """Chunks of every stream, interleaved by time so that labels follow the events they are about."""
     cursors = [0] * len(streams)
-    times = [
-        pc.cast(s.rows.column(s.time_column), pa.int64()).to_numpy(zero_copy_only=False)
-        if s.time_column and s.time_column in s.rows.column_names and s.rows.num_rows
-        else None
-        for s in streams
-    ]
+    times = [time_values(s.rows, s.time_column) for s in streams]
     while True:
         live = [i for i, s in enumerate(streams) if cursors[i] < s.rows.num_rows]
         if not live:
@@ -147,6 +163,7 @@ def produce(
         ProduceError: some records were not acknowledged; the report says how many.
     """
     from kafka import KafkaProducer
+    from kafka.errors import KafkaError
 
     config = {"acks": "all", "linger_ms": 20, "batch_size": 256 << 10, "retries": 10, "max_in_flight_requests_per_connection": 1}
     config.update(producer_config or {})
@@ -165,7 +182,10 @@ def produce(
             keys = chunk.column(stream.key_column).to_pylist() if stream.key_column in chunk.column_names else [None] * chunk.num_rows
             for key, row in zip(keys, chunk.to_pylist()):
                 key_bytes = None if key is None else str(key).encode()
-                producer.send(stream.topic, key=key_bytes, value=encode_row(row)).add_errback(failed)
+                try:
+                    producer.send(stream.topic, key=key_bytes, value=encode_row(row)).add_errback(failed)
+                except KafkaError as exc:  # rejected before sending (e.g. too large): counted, not lost
+                    failed(exc)
             report.sent[stream.topic] += chunk.num_rows
             sent_total += chunk.num_rows
             if on_progress:
