@@ -217,6 +217,18 @@ def tables_history(
         console.print_json(json.dumps(commit, default=str))
 
 
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(help="Sample events to generate.")] = 200_000,
+    days: Annotated[float, typer.Option(help="Simulated days of history.")] = 30.0,
+    keep_services: Annotated[bool, typer.Option(help="Leave the broker running afterwards.")] = False,
+) -> None:
+    """Run the whole pipeline on the embedded default, with progress and a final report."""
+    from lambdaflow import demo as demo_module
+
+    demo_module.run(state.settings(), events=events, days=days, keep_services=keep_services)
+
+
 def main() -> None:
     """Console entry point: configuration and service errors become one clear line, not a traceback."""
     from lambdaflow.services import ServiceError
