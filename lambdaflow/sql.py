@@ -1,0 +1,22 @@
+"""SQL is written once, in Trino's dialect; the embedded engine (DuckDB) runs it transpiled."""
+
+from __future__ import annotations
+
+import sqlglot
+
+#: The dialect every generated statement is written in.
+DIALECT = "trino"
+
+
+def parse_trino(sql: str) -> sqlglot.Expression:
+    """Parse a statement as Trino SQL.
+
+    Raises:
+        sqlglot.errors.ParseError: the text is not valid Trino SQL.
+    """
+    return sqlglot.parse_one(sql, read=DIALECT)
+
+
+def to_duckdb(sql: str) -> str:
+    """The same statement in DuckDB's dialect."""
+    return sqlglot.transpile(sql, read=DIALECT, write="duckdb")[0]
