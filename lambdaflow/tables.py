@@ -452,8 +452,7 @@ class Table:
         return self._snapshot_of(delta)
 
     def _snapshot_of(self, delta: DeltaTable) -> Snapshot:
-        schema = normalize_schema(pa.schema(delta.schema().to_arrow()))
-        partition_by = tuple(delta.metadata().partition_columns)
+        schema, partition_by = _layout(delta)
         actions = pa.table(delta.get_add_actions(flatten=True))
         files = []
         for row in actions.to_pylist():
@@ -578,12 +577,9 @@ class Table:
             ConcurrentCommitError: another writer committed conflicting work first.
         """
         delta = _delta or self._delta()
-        if txn is not None:
-            done = delta.transaction_version(txn.app_id)
-            if done is not None and done >= txn.version:
-                return CommitResult(delta.version(), skipped=True)
-        partition_by = tuple(delta.metadata().partition_columns)
-        schema = normalize_schema(pa.schema(delta.schema().to_arrow()))
+        if _already_committed(delta, txn):
+            return CommitResult(delta.version(), skipped=True)
+        schema, partition_by = _layout(delta)
         actions: list[AddAction | RemoveAction] = [f.to_add() for f in files]
         filters = None
         if mode == "overwrite" and partitions is not None:
@@ -638,12 +634,9 @@ class Table:
         snapshot the commit goes through.
         """
         delta = self._delta()
-        if txn is not None:
-            done = delta.transaction_version(txn.app_id)
-            if done is not None and done >= txn.version:
-                return CommitResult(delta.version(), skipped=True)
-        schema = normalize_schema(pa.schema(delta.schema().to_arrow()))
-        partition_by = tuple(delta.metadata().partition_columns)
+        if _already_committed(delta, txn):
+            return CommitResult(delta.version(), skipped=True)
+        schema, partition_by = _layout(delta)
         files = self.write_files(data, schema, partition_by)
         try:
             return self.commit_files(
@@ -721,12 +714,9 @@ class Table:
         committed in one transaction (see :meth:`commit_files`).
         """
         delta = self._delta()
-        if txn is not None:
-            done = delta.transaction_version(txn.app_id)
-            if done is not None and done >= txn.version:
-                return CommitResult(delta.version(), skipped=True)
-        schema = normalize_schema(pa.schema(delta.schema().to_arrow()))
-        partition_by = tuple(delta.metadata().partition_columns)
+        if _already_committed(delta, txn):
+            return CommitResult(delta.version(), skipped=True)
+        schema, partition_by = _layout(delta)
         stage_rel = f"{STAGING_DIR}/{uuid.uuid4().hex}"
         ordered = frame.select(*[f"`{c}`" for c in schema.names])
         writer = ordered.write.mode("error").option("compression", "snappy")
@@ -789,6 +779,19 @@ class Table:
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _already_committed(delta: DeltaTable, txn: Txn | None) -> bool:
+    """True when ``txn`` is not newer than the application's last commit in this snapshot."""
+    if txn is None:
+        return False
+    done = delta.transaction_version(txn.app_id)
+    return done is not None and done >= txn.version
+
+
+def _layout(delta: DeltaTable) -> tuple[pa.Schema, tuple[str, ...]]:
+    """A snapshot's schema (normalised) and partition columns."""
+    return normalize_schema(pa.schema(delta.schema().to_arrow())), tuple(delta.metadata().partition_columns)
 
 
 def _partition_str(value: Any) -> str | None:
