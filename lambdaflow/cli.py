@@ -244,6 +244,56 @@ def batch_views(
     console.print(f"{report.events:,} events ({report.duplicates_removed:,} duplicate deliveries removed) in {report.seconds:.1f}s")
 
 
+@batch_app.command("training-set")
+def batch_training_set(
+    master_version: Annotated[Optional[int], typer.Option(help="Delta version of master/events to read (default: latest).")] = None,
+    cutoff: Annotated[Optional[str], typer.Option(help="What is known: ISO time (default: the latest event time).")] = None,
+    spark_master: Annotated[Optional[str], typer.Option("--master", help="Spark master (default: the profile's).")] = None,
+) -> None:
+    """Build the point-in-time training set (features as the speed layer saw them, labels known at the cut-off)."""
+    import datetime as dt
+
+    from batch_layer.training import build_training_set
+    from lambdaflow.spark import get_spark
+
+    s = state.settings()
+    when = dt.datetime.fromisoformat(cutoff).astimezone(dt.timezone.utc) if cutoff else None
+    with console.status("starting Spark…"):
+        spark = get_spark(s.profile.spark, app_name="lambdaflow-training-set", master=spark_master)
+    with console.status("building the training set…"):
+        report = build_training_set(s, spark, master_version, when)
+    console.print(
+        f"[green]training set[/] v{report.table_version}: {report.rows:,} events, {report.positives:,} positive "
+        f"({report.positives / max(report.rows, 1):.2%}), cut-off {report.cutoff}, watermark W={report.watermark}, {report.seconds:.1f}s"
+    )
+
+
+@batch_app.command("train")
+def batch_train(
+    spark_master: Annotated[Optional[str], typer.Option("--master", help="Spark master (default: the profile's).")] = None,
+    shuffle_labels: Annotated[bool, typer.Option(help="Train on random labels: a deliberately worse model.")] = False,
+) -> None:
+    """Train XGBoost on the training set, evaluate on a time-based holdout, register, promote if better."""
+    from batch_layer.train import train
+    from lambdaflow.spark import get_spark
+
+    s = state.settings()
+    with console.status("starting Spark…"):
+        spark = get_spark(s.profile.spark, app_name="lambdaflow-train", master=spark_master)
+    with console.status("training…"):
+        report = train(s, spark, shuffle_labels=shuffle_labels)
+    table = RichTable(title=f"model v{report.version} on {report.holdout_rows:,} holdout events (fraud rate {report.fraud_rate:.2%})")
+    table.add_column("metric")
+    for col in ("new model", "champion", "baseline"):
+        table.add_column(col, justify="right")
+    for name, value in report.metrics.items():
+        champ = report.champion_metrics.get(name) if report.champion_metrics else None
+        table.add_row(name, f"{value:.4f}", "—" if champ is None else f"{champ:.4f}", f"{report.baseline_metrics[name]:.4f}")
+    console.print(table)
+    console.print(("[green]promoted[/] " if report.promoted else "[yellow]not promoted[/] ") + report.reason)
+    console.print(f"plot: {report.plot}   MLflow run: {report.run_id}   ({report.train_rows:,} training events, {report.seconds:.1f}s)")
+
+
 @app.command()
 def demo(
     events: Annotated[int, typer.Option(help="Sample events to generate.")] = 200_000,

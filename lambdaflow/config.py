@@ -266,7 +266,7 @@ class PipelineConfig(StrictModel):
         for feature in self.features:
             if feature.name in seen:
                 raise ValueError(f"feature {feature.name!r} is declared twice")
-            _check_feature(feature, fields, views, seen)
+            _check_feature(feature, self.events, views, seen)
             seen.add(feature.name)
         if self.model is not None and not self.features:
             raise ValueError("a model needs at least one feature")
@@ -298,7 +298,8 @@ def _check_view(view: ViewSpec, fields: dict[str, FieldSpec]) -> None:
             )
 
 
-def _check_feature(feature: Any, fields: dict[str, FieldSpec], views: dict[str, ViewSpec], earlier: set[str]) -> None:
+def _check_feature(feature: Any, events: EventsSpec, views: dict[str, ViewSpec], earlier: set[str]) -> None:
+    fields = events.fields
     if isinstance(feature, EventFeature):
         if feature.column not in fields:
             raise ValueError(f"feature {feature.name!r}: column {feature.column!r} is not an event field")
@@ -314,6 +315,14 @@ def _check_feature(feature: Any, fields: dict[str, FieldSpec], views: dict[str, 
                 f"feature {feature.name!r}: view {feature.view!r} has no aggregate {feature.aggregate!r}; "
                 f"it has {sorted(view.aggregates)}"
             )
+        if view.keys != [events.partition_key]:
+            raise ValueError(
+                f"feature {feature.name!r}: view {view.name!r} must be keyed by the partition key "
+                f"[{events.partition_key!r}] (per-key state follows partition order), it is keyed by {view.keys}"
+            )
+        agg = view.aggregates[feature.aggregate]
+        if agg.fn == "last" or (agg.fn in ("min", "max") and fields[agg.column].type not in NUMERIC_TYPES):  # type: ignore[index]
+            raise ValueError(f"feature {feature.name!r}: aggregate {feature.aggregate!r} is not numeric")
         if feature.window is not None and view.bucket is None:
             raise ValueError(f"feature {feature.name!r}: a window needs a bucketed view, {view.name!r} is all-time")
         if feature.window is not None and view.bucket is not None and feature.window % view.bucket:

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lambdaflow.config import EventsSpec, Settings
-from lambdaflow.paths import MASTER_EVENTS, table_uri
-from lambdaflow.schemas import INGEST_SEQ, INGESTED_AT, KAFKA_OFFSET, KAFKA_PARTITION, master_schema
+from lambdaflow.config import EventsSpec, LabelsSpec, Settings
+from lambdaflow.paths import MASTER_EVENTS, MASTER_LABELS, table_uri
+from lambdaflow.schemas import INGEST_SEQ, INGESTED_AT, KAFKA_OFFSET, KAFKA_PARTITION, fields_schema, master_schema
 from lambdaflow.tables import Table
 
 
@@ -42,3 +42,48 @@ def to_master_rows(
     columns[INGESTED_AT] = pa.array([when] * n, pa.timestamp("us", tz="UTC"))
     columns[spec.date_partition] = pc.cast(pc.cast(events.column(spec.time_column), pa.timestamp("us", tz="UTC")), pa.date32())
     return pa.table(columns).cast(schema)
+
+
+def labels_schema(spec: LabelsSpec) -> pa.Schema:
+    """Schema of ``master/labels``: the label record and its ingest coordinates."""
+    return (
+        fields_schema(spec.fields)
+        .append(pa.field(INGEST_SEQ, pa.int64(), False))
+        .append(pa.field(KAFKA_PARTITION, pa.int32(), True))
+        .append(pa.field(KAFKA_OFFSET, pa.int64(), True))
+        .append(pa.field(INGESTED_AT, pa.timestamp("us", tz="UTC"), True))
+    )
+
+
+def labels_table(settings: Settings, create: bool = True) -> Table:
+    """The ``master/labels`` table (created if missing when ``create``).
+
+    Raises:
+        ValueError: the pipeline declares no labels.
+    """
+    spec = settings.pipeline.labels
+    if spec is None:
+        raise ValueError("the pipeline has no 'labels' section")
+    table = Table(table_uri(settings.profile, MASTER_LABELS))
+    if create:
+        table.create(labels_schema(spec), name="master_labels")
+    return table
+
+
+def to_label_rows(
+    labels: pa.Table,
+    spec: LabelsSpec,
+    seq: int,
+    kafka_partitions: pa.Array | None = None,
+    kafka_offsets: pa.Array | None = None,
+    ingested_at: dt.datetime | None = None,
+) -> pa.Table:
+    """Valid label records as ``master/labels`` rows of micro-batch ``seq``."""
+    n = labels.num_rows
+    when = ingested_at or dt.datetime.now(dt.timezone.utc)
+    columns = {name: labels.column(name) for name in spec.fields}
+    columns[INGEST_SEQ] = pa.array(np.full(n, seq, np.int64))
+    columns[KAFKA_PARTITION] = kafka_partitions if kafka_partitions is not None else pa.nulls(n, pa.int32())
+    columns[KAFKA_OFFSET] = kafka_offsets if kafka_offsets is not None else pa.nulls(n, pa.int64())
+    columns[INGESTED_AT] = pa.array([when] * n, pa.timestamp("us", tz="UTC"))
+    return pa.table(columns).cast(labels_schema(spec))

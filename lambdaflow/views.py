@@ -131,7 +131,7 @@ class CompiledView:
 
     def _arrow_filter(self, table: pa.Table) -> pa.Table:
         for flt in self.spec.filters:
-            table = table.filter(_arrow_predicate(flt, self.event_schema.field(flt.column).type))
+            table = table.filter(arrow_predicate(flt, self.event_schema.field(flt.column).type))
         return table
 
     def partials_arrow(self, events: pa.Table) -> pa.Table:
@@ -190,23 +190,24 @@ class CompiledView:
     def finalize_arrow(self, states: pa.Table) -> pa.Table:
         """Finalised aggregate values from merged state rows."""
         out: dict[str, Any] = {c: states.column(c) for c in self.group_columns}
-        for name, agg in self.spec.aggregates.items():
-            col = lambda part: states.column(f"{name}__{part}")  # noqa: E731
-            if agg.fn == "count":
-                out[name] = col("count")
-            elif agg.fn == "sum":
-                out[name] = col("sum")
-            elif agg.fn in ("min", "max"):
+        out.update(self.finalize_columns(states.column, list(self.spec.aggregates)))
+        return pa.table(out).cast(self.result_schema)
+
+    def finalize_columns(self, state: Any, names: Sequence[str]) -> dict[str, Any]:
+        """Finalise the named aggregates from state columns, given as ``state(column_name) -> array``."""
+        out: dict[str, Any] = {}
+        for name in names:
+            agg = self.spec.aggregates[name]
+            col = lambda part: state(f"{name}__{part}")  # noqa: E731
+            if agg.fn in ("count", "sum", "min", "max", "last"):
                 out[name] = col(agg.fn)
-            elif agg.fn == "last":
-                out[name] = col("last")
             elif agg.fn == "mean":
                 n = pc.cast(col("n"), pa.float64())
                 out[name] = pc.if_else(pc.greater(n, 0), pc.divide(col("sum"), n), None)
             else:
                 var = _variance_arrow(col("n"), col("sum"), col("sumsq"))
                 out[name] = pc.sqrt(var) if agg.fn == "stddev" else var
-        return pa.table(out).cast(self.result_schema)
+        return out
 
     # ------------------------------------------------------------------ Spark (batch layer)
 
@@ -340,7 +341,7 @@ def _bq(name: str) -> str:
     return f"`{name}`"
 
 
-def _arrow_predicate(flt: FilterSpec, ctype: pa.DataType) -> pc.Expression:
+def arrow_predicate(flt: FilterSpec, ctype: pa.DataType) -> pc.Expression:
     field = pc.field(flt.column)
     values = flt.value if isinstance(flt.value, list) else [flt.value]
     scalars = [pa.scalar(v).cast(ctype) for v in values]

@@ -1,0 +1,244 @@
+"""Train XGBoost on the training set with xgboost.spark, evaluate on a time-based holdout, register, promote.
+
+The holdout is the latest ``model.holdout_fraction`` of the training period by
+event time. The new model is registered in every case; it becomes the
+``champion`` only if it beats the current champion **on the same holdout** by
+``model.promotion_margin`` on ``model.promotion_metric`` — or, for the first
+model, if it beats a trivial baseline (the training base rate for everyone).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from batch_layer.training import CUTOFF_KEY, LABEL, WATERMARK_KEY
+from lambdaflow import registry
+from lambdaflow.config import ModelSpec, Settings
+from lambdaflow.features import FeatureFunction
+from lambdaflow.paths import TRAINING_SET, table_uri
+from lambdaflow.tables import Table, TableMissingError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+#: Metrics where smaller is better.
+LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
+
+
+@dataclass
+class TrainReport:
+    """What a training run did and decided."""
+
+    run_id: str
+    version: int
+    promoted: bool
+    reason: str
+    metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+    baseline_metrics: dict[str, float]
+    train_rows: int
+    holdout_rows: int
+    fraud_rate: float
+    watermark: int
+    plot: str
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+
+def evaluate(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """ROC-AUC, PR-AUC, log loss, Brier, precision/recall at the alert threshold, calibration error."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    alert = p >= threshold
+    tp = float((alert & (y == 1)).sum())
+    bins = np.minimum((p * 10).astype(int), 9)
+    ece = sum(abs(p[bins == b].mean() - y[bins == b].mean()) * (bins == b).mean() for b in range(10) if (bins == b).any())
+    both = len(np.unique(y)) > 1
+    return {
+        "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p)),
+        "precision_at_threshold": float(tp / alert.sum()) if alert.sum() else 0.0,
+        "recall_at_threshold": float(tp / (y == 1).sum()) if (y == 1).sum() else 0.0,
+        "expected_calibration_error": float(ece),
+    }
+
+
+def better(metric: str, new: float, old: float, margin: float) -> bool:
+    """True when ``new`` beats ``old`` by more than ``margin`` on ``metric``."""
+    return new < old - margin if metric in LOWER_IS_BETTER else new > old + margin
+
+
+def split_by_time(frame: DataFrame, time_column: str, holdout_fraction: float) -> tuple[DataFrame, DataFrame, dt.datetime]:
+    """Train on the earlier events, hold out the latest ``holdout_fraction`` of the period."""
+    from pyspark.sql import functions as F
+
+    bounds = frame.agg(F.min(time_column).alias("lo"), F.max(time_column).alias("hi")).first()
+    lo, hi = bounds["lo"], bounds["hi"]
+    cut = lo + (hi - lo) * (1 - holdout_fraction)
+    return frame.where(F.col(time_column) < F.lit(cut)), frame.where(F.col(time_column) >= F.lit(cut)), cut
+
+
+def _fit(model: ModelSpec, train: DataFrame, features: list[str], label_column: str) -> Any:
+    from xgboost.spark import SparkXGBClassifier
+
+    params = dict(model.params)
+    params.pop("objective", None)  # the classifier sets binary:logistic itself
+    estimator = SparkXGBClassifier(
+        features_col=features, label_col=label_column, num_workers=1, n_estimators=model.num_boost_round, missing=np.nan, verbose=False, **params
+    )
+    return estimator.fit(train).get_booster()
+
+
+def predict(booster: Any, x: np.ndarray) -> np.ndarray:
+    """Scores of the booster (the same call the speed layer makes)."""
+    return np.asarray(booster.inplace_predict(x), dtype=np.float64)
+
+
+def _plot(path: Path, y: np.ndarray, p: np.ndarray, booster: Any, features: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fpr, tpr, _ = roc_curve(y, p)
+    axes[0].plot(fpr, tpr)
+    axes[0].plot([0, 1], [0, 1], "--", color="grey")
+    axes[0].set(title="ROC", xlabel="false positive rate", ylabel="true positive rate")
+    prec, rec, _ = precision_recall_curve(y, p)
+    axes[1].plot(rec, prec)
+    axes[1].axhline(y.mean(), ls="--", color="grey", label=f"base rate {y.mean():.3%}")
+    axes[1].set(title="precision / recall", xlabel="recall", ylabel="precision")
+    axes[1].legend()
+    gains = booster.get_score(importance_type="gain")
+    named = {features[int(k[1:])] if k.startswith("f") and k[1:].isdigit() else k: v for k, v in gains.items()}
+    order = sorted(named, key=named.get)
+    axes[2].barh(order, [named[k] for k in order])
+    axes[2].set(title="feature importance (gain)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train(
+    settings: Settings,
+    spark: SparkSession,
+    shuffle_labels: bool = False,
+    seed: int = 0,
+) -> TrainReport:
+    """Train, evaluate, register and maybe promote a model from ``batch/_training_set``.
+
+    Args:
+        shuffle_labels: train on permuted labels (a deliberately worse model, for testing promotion).
+        seed: seed of the label permutation.
+
+    Raises:
+        TableMissingError: no training set was built yet.
+        ValueError: the pipeline declares no model, or the holdout has a single class.
+    """
+    from pyspark.sql import functions as F
+
+    started = time.monotonic()
+    spec = settings.pipeline.model
+    if spec is None:
+        raise ValueError("the pipeline has no 'model' section")
+    ff = FeatureFunction(settings.pipeline)
+    table = Table(table_uri(settings.profile, TRAINING_SET))
+    if not table.exists():
+        raise TableMissingError(f"{table.uri} does not exist: run `lambdaflow batch training-set` first")
+    snap = table.snapshot()
+    commit = next((c for c in table.history() if c.get("version") == snap.version), {})
+    watermark = int(commit.get(WATERMARK_KEY, -1))
+    frame = snap.to_spark(spark)
+    time_column = settings.pipeline.events.time_column
+    train_df, holdout_df, cut = split_by_time(frame, time_column, spec.holdout_fraction)
+    label_col = LABEL
+    base_rate = float(train_df.agg(F.avg(LABEL)).first()[0] or 0.0)
+    if shuffle_labels:  # labels drawn independently of the features, at the same base rate
+        train_df = train_df.withColumn(LABEL, (F.rand(seed) < F.lit(base_rate)).cast("int"))
+    train_rows = train_df.count()
+    booster = _fit(spec, train_df.select(*ff.names, label_col), ff.names, label_col)
+
+    holdout = holdout_df.select(*ff.names, LABEL).toPandas()
+    x, y = holdout[ff.names].to_numpy(np.float64), holdout[LABEL].to_numpy()
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"the holdout ({len(y)} rows after {cut}) holds a single class: more data or a smaller holdout_fraction is needed")
+    scores = predict(booster, x)
+    metrics = evaluate(y, scores, spec.alert_threshold)
+    baseline = evaluate(y, np.full(len(y), base_rate), spec.alert_threshold)
+
+    current = registry.champion_version(settings)
+    champion_metrics, reason_prefix = None, ""
+    if current is not None:
+        try:
+            champion = registry.load_version(settings, current)
+            champion_metrics = evaluate(y, predict(champion.booster, x), spec.alert_threshold)
+        except registry.ModelVerificationError as exc:  # a broken champion must not block a good model
+            reason_prefix = f"champion v{current} cannot be evaluated ({exc}); "
+    metric, margin = spec.promotion_metric, spec.promotion_margin
+    reference = champion_metrics if champion_metrics is not None else baseline
+    against = f"champion v{current}" if champion_metrics is not None else "the base-rate baseline"
+
+    promoted = better(metric, metrics[metric], reference[metric], margin)
+    reason = (
+        f"{reason_prefix}{metric} {metrics[metric]:.4f} vs {against} {reference[metric]:.4f} "
+        f"(margin {margin}): {'promoted' if promoted else 'not promoted'}"
+    )
+
+    c = registry.client(settings)
+    run = c.create_run(registry.experiment_id(settings), run_name=f"train-W{watermark}")
+    run_id = run.info.run_id
+    params = {**{k: str(v) for k, v in spec.params.items()}, "num_boost_round": spec.num_boost_round,
+              "holdout_fraction": spec.holdout_fraction, "alert_threshold": spec.alert_threshold,
+              "training_watermark": watermark, "training_cutoff": commit.get(CUTOFF_KEY, ""),
+              "holdout_from": cut.isoformat(), "features": ",".join(ff.names), "shuffled_labels": shuffle_labels}
+    for k, v in params.items():
+        c.log_param(run_id, k, str(v)[:500])
+    for k, v in metrics.items():
+        c.log_metric(run_id, k, v)
+    for k, v in baseline.items():
+        c.log_metric(run_id, f"baseline_{k}", v)
+    for k, v in (champion_metrics or {}).items():
+        c.log_metric(run_id, f"champion_{k}", v)
+    with tempfile.TemporaryDirectory() as tmp:
+        booster_path = Path(tmp) / registry.BOOSTER_FILE
+        booster.save_model(str(booster_path))
+        plot_path = Path(tmp) / "evaluation.png"
+        _plot(plot_path, y, scores, booster, ff.names, f"{settings.pipeline.name}: holdout ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}")
+        c.log_artifact(run_id, str(plot_path), "plots")
+        version = registry.register(settings, run_id, booster_path, ff.names, watermark, metrics)
+        plots_dir = _plots_dir(settings)
+        kept = plots_dir / f"evaluation-v{version}.png"
+        kept.write_bytes(plot_path.read_bytes())
+    if promoted:
+        registry.promote(settings, version)
+    c.set_tag(run_id, "promotion", reason)
+    c.set_terminated(run_id)
+    return TrainReport(
+        run_id, version, promoted, reason, metrics, champion_metrics, baseline, train_rows, len(y),
+        float(y.mean()), watermark, str(kept), round(time.monotonic() - started, 2),
+    )
+
+
+def _plots_dir(settings: Settings) -> Path:
+    root = settings.profile.storage.uri
+    base = Path(root.removeprefix("file://")) if root.startswith("file://") else Path(tempfile.gettempdir()) / "lambdaflow"
+    path = base / "plots"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

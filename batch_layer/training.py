@@ -1,0 +1,161 @@
+"""Point-in-time training sets: for every labelled event, the features the speed layer computed for it.
+
+Features come from :class:`lambdaflow.features.FeatureFunction`, the same
+function the speed layer scores with, run by Spark over all of a key's events
+(``repartition`` by the partition key, then one call per Spark partition), so
+an event only sees the events of its key that precede it in partition order.
+
+Labels: an event is in the training set when it happened at least
+``labels.maturity`` before the cut-off; its label is positive when a label
+arrived by the cut-off, negative otherwise. Labels that arrive after the
+cut-off are ignored — no label leakage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batch_layer.views import deduplicate
+from lambdaflow.config import Settings
+from lambdaflow.features import FeatureFunction
+from lambdaflow.master import events_table
+from lambdaflow.paths import MASTER_LABELS, TRAINING_SET, table_uri
+from lambdaflow.schemas import INGEST_SEQ, arrow_type
+from lambdaflow.tables import Table, TableMissingError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+LABEL = "label"
+CUTOFF_KEY = "lambdaflow.cutoff"
+WATERMARK_KEY = "lambdaflow.watermark"
+MASTER_VERSION_KEY = "lambdaflow.master_version"
+
+
+@dataclass
+class TrainingSetReport:
+    master_version: int
+    watermark: int
+    cutoff: str
+    rows: int
+    positives: int
+    table_version: int
+    seconds: float
+
+
+def training_schema(features: FeatureFunction, settings: Settings) -> pa.Schema:
+    """Schema of ``batch/_training_set``: identity, time, features, label."""
+    ev = settings.pipeline.events
+    fields = features.pipeline.events.fields
+    base = [
+        pa.field(ev.id_column, arrow_type(fields[ev.id_column])),
+        pa.field(ev.partition_key, arrow_type(fields[ev.partition_key])),
+        pa.field(ev.time_column, pa.timestamp("us", tz="UTC")),
+        pa.field(INGEST_SEQ, pa.int64()),
+    ]
+    return pa.schema(base + list(features.schema) + [pa.field(LABEL, pa.int32())])
+
+
+def _featurize_partition(settings: Settings, out_schema: pa.Schema) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    pipeline = settings.pipeline
+    ev = pipeline.events
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        table = pa.Table.from_batches(list(batches))
+        if table.num_rows == 0:
+            return
+        features = FeatureFunction(pipeline).compute(table)  # all preceding events of each key are here
+        ids = [ev.id_column, ev.partition_key, ev.time_column, INGEST_SEQ]
+        result = pa.table({**{c: table.column(c) for c in ids}, **{c: features.column(c) for c in features.column_names}})
+        yield from result.cast(pa.schema(list(out_schema)[: len(ids) + len(features.column_names)])).to_batches()
+
+    return run
+
+
+def featurize(settings: Settings, events: DataFrame) -> DataFrame:
+    """Features of every event, computed per key in partition order by the shared feature function."""
+    ff = FeatureFunction(settings.pipeline)
+    schema = training_schema(ff, settings)
+    without_label = pa.schema([f for f in schema if f.name != LABEL])
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    key = settings.pipeline.events.partition_key
+    partitions = int(events.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    return events.repartition(partitions, key).mapInArrow(_featurize_partition(settings, without_label), from_arrow_schema(without_label))
+
+
+def labelled(settings: Settings, spark: SparkSession, cutoff: dt.datetime) -> DataFrame | None:
+    """Event ids with a positive label that arrived by ``cutoff`` (None when no label table exists)."""
+    from pyspark.sql import functions as F
+
+    spec = settings.pipeline.labels
+    table = Table(table_uri(settings.profile, MASTER_LABELS))
+    if spec is None or not table.exists():
+        return None
+    labels = table.snapshot().to_spark(spark)
+    arrived = labels.where(F.col(spec.time_column) <= F.lit(cutoff)).where(F.col(spec.label_column))
+    return arrived.select(F.col(spec.event_id_column).alias("__labelled_id")).distinct()
+
+
+def build_training_set(
+    settings: Settings,
+    spark: SparkSession,
+    master_version: int | None = None,
+    cutoff: dt.datetime | None = None,
+) -> TrainingSetReport:
+    """Write ``batch/_training_set`` from one master snapshot and the labels known at ``cutoff``.
+
+    Args:
+        cutoff: what is known; defaults to the latest event time in the snapshot.
+
+    Raises:
+        TableMissingError: ``master/events`` does not exist yet.
+        ValueError: the pipeline declares no labels.
+    """
+    from pyspark.sql import functions as F
+
+    started = time.monotonic()
+    spec = settings.pipeline.labels
+    if spec is None:
+        raise ValueError("the pipeline has no 'labels' section: nothing to learn from")
+    ev = settings.pipeline.events
+    master = events_table(settings, create=False)
+    if not master.exists():
+        raise TableMissingError(f"{master.uri} does not exist yet: ingest events with the speed layer first")
+    snap = master.snapshot(master_version)
+    events = deduplicate(snap.to_spark(spark), ev.id_column)
+    bounds = events.agg(F.max(ev.time_column).alias("t"), F.max(INGEST_SEQ).alias("w")).first()
+    cutoff = cutoff or bounds["t"].replace(tzinfo=dt.timezone.utc)
+    watermark = int(bounds["w"])
+    mature_before = cutoff - dt.timedelta(seconds=spec.maturity)
+    feats = featurize(settings, events.where(F.col(ev.time_column) <= F.lit(cutoff)))
+    rows = feats.where(F.col(ev.time_column) <= F.lit(mature_before))
+    positives = labelled(settings, spark, cutoff)
+    if positives is None:
+        rows = rows.withColumn(LABEL, F.lit(0).cast("int"))
+    else:
+        rows = rows.join(F.broadcast(positives), rows[ev.id_column] == positives["__labelled_id"], "left")
+        rows = rows.withColumn(LABEL, F.col("__labelled_id").isNotNull().cast("int")).drop("__labelled_id")
+    table = Table(table_uri(settings.profile, TRAINING_SET))
+    ff = FeatureFunction(settings.pipeline)
+    table.create(training_schema(ff, settings), name="training_set")
+    metadata = {CUTOFF_KEY: cutoff.isoformat(), WATERMARK_KEY: watermark, MASTER_VERSION_KEY: snap.version}
+    result = table.write_spark(rows, "overwrite", metadata=metadata, operation="training-set")
+    written = table.snapshot(result.version)
+    label_counts = written.to_arrow(columns=[LABEL]).column(LABEL)
+    return TrainingSetReport(
+        snap.version, watermark, cutoff.isoformat(), written.num_records, int(pc.sum(label_counts).as_py() or 0),
+        result.version, round(time.monotonic() - started, 2),
+    )
+
+
+def report_dict(report: TrainingSetReport) -> dict:
+    return asdict(report)
+

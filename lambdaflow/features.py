@@ -1,0 +1,285 @@
+"""The one feature function, used by the speed layer at scoring time and by the batch layer for training sets.
+
+For an event, the state of a view feature is the merged partial state of the
+events of the same key that **precede it in partition order** (DESIGN §5):
+
+    state(e) = prior state of the key (batch view as of W + speed partials since)
+             ⊕ earlier rows of the same key in the table being featurised
+
+restricted, for a windowed feature, to the buckets ``(bucket(e) - window, bucket(e)]``.
+The speed layer passes its prior state and one micro-batch; the batch layer
+passes no prior state and *all* of a key's events, so both compute exactly the
+same numbers for the same event (a parity test checks it).
+
+A feature ``sum`` over no values is 0 (a view's is null); ``min``/``max`` over
+no values and means/variances of too few values are missing (NaN), which
+XGBoost treats as missing.
+
+Rows are ordered by :func:`position_order`: ingest sequence, then Kafka offset (all
+events of a key share one partition), then event time and id as tie-breakers
+for rows without Kafka coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lambdaflow.config import EventFeature, PipelineConfig, RatioFeature, ViewFeature
+from lambdaflow.schemas import BUCKET, INGEST_SEQ, KAFKA_OFFSET
+from lambdaflow.views import CompiledView, StateColumn, arrow_predicate, compile_views
+
+#: Identity of each merge kind over float64 state (what "no events" contributes).
+_IDENTITY = {"sum": 0.0, "min": np.inf, "max": -np.inf}
+
+
+def position_order(events: pa.Table, time_column: str, id_column: str) -> np.ndarray:
+    """Row indices of ``events`` in partition order (see module docstring)."""
+    keys = []
+    for name in (id_column, time_column, KAFKA_OFFSET, INGEST_SEQ):  # np.lexsort: last key is primary
+        if name in events.column_names:
+            col = events.column(name)
+            if pa.types.is_timestamp(col.type):
+                col = pc.cast(col, pa.int64())
+            values = col.to_numpy(zero_copy_only=False)
+            if values.dtype == object:
+                values = pd.factorize(values, sort=True)[0]
+            keys.append(np.nan_to_num(values.astype(np.float64), nan=np.inf))
+    if not keys:
+        return np.arange(events.num_rows)
+    return np.lexsort(keys)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One (view, window) pair some features read."""
+
+    view: CompiledView
+    window: int | None
+    aggregates: frozenset[str]
+
+    @property
+    def states(self) -> list[StateColumn]:
+        """The state columns the window's features need (a view may hold others, e.g. 'last')."""
+        return [s for s in self.view.states if s.name.rsplit("__", 1)[0] in self.aggregates]
+
+    @property
+    def k(self) -> int:
+        """Buckets in the window (1 for all-time)."""
+        return 1 if self.window is None or self.view.spec.bucket is None else self.window // self.view.spec.bucket
+
+    @property
+    def bucket(self) -> int | None:
+        return self.view.spec.bucket if self.window is not None else None
+
+
+class FeatureFunction:
+    """The pipeline's features: ``compute(events, prior)`` → one float64 column per feature."""
+
+    def __init__(self, pipeline: PipelineConfig) -> None:
+        self.pipeline = pipeline
+        self.views = compile_views(pipeline)
+        self.key = pipeline.events.partition_key
+
+    @cached_property
+    def names(self) -> list[str]:
+        """Feature names in model-input order."""
+        return [f.name for f in self.pipeline.features]
+
+    @cached_property
+    def schema(self) -> pa.Schema:
+        return pa.schema([pa.field(n, pa.float64()) for n in self.names])
+
+    @cached_property
+    def _windows(self) -> dict[tuple[str, int | None], _Window]:
+        needed: dict[tuple[str, int | None], set[str]] = {}
+        for f in self.pipeline.features:
+            if isinstance(f, ViewFeature):
+                needed.setdefault((f.view, f.window), set()).add(f.aggregate)
+        return {(v, w): _Window(self.views[v], w, frozenset(aggs)) for (v, w), aggs in needed.items()}
+
+    def compute(self, events: pa.Table, prior: Mapping[str, pa.Table] | None = None) -> pa.Table:
+        """Features of every row of ``events``, in the same row order.
+
+        Args:
+            events: valid events (with position columns when available).
+            prior: per view name, merged state rows (the view's state schema) of
+                everything before these events; None for no prior state.
+        """
+        spec = self.pipeline.events
+        n = events.num_rows
+        order = position_order(events, spec.time_column, spec.id_column)
+        pos = np.empty(n, np.int64)
+        pos[order] = np.arange(n)
+        key_codes, key_uniques = pd.factorize(events.column(self.key).to_numpy(zero_copy_only=False))
+        states = {
+            wk: self._window_states(w, events, pos, key_codes, key_uniques, (prior or {}).get(w.view.name))
+            for wk, w in self._windows.items()
+        }
+        values: dict[str, np.ndarray] = {}
+        for f in self.pipeline.features:
+            if isinstance(f, EventFeature):
+                values[f.name] = _event_feature(events.column(f.column), f.categories)
+            elif isinstance(f, ViewFeature):
+                w = self._windows[(f.view, f.window)]
+                merged = states[(f.view, f.window)]
+                finalised = w.view.finalize_columns(lambda c: pa.array(merged[c]), [f.aggregate])[f.aggregate]
+                values[f.name] = np.asarray(pc.fill_null(pc.cast(finalised, pa.float64()), np.nan).to_numpy(zero_copy_only=False), np.float64)
+            elif isinstance(f, RatioFeature):
+                num, den = values[f.numerator], values[f.denominator]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    values[f.name] = np.where(den == 0, 0.0, num / den)
+        return pa.table({name: pa.array(values[name], pa.float64()) for name in self.names})
+
+    # ------------------------------------------------------------------ state
+
+    def _window_states(
+        self,
+        w: _Window,
+        events: pa.Table,
+        pos: np.ndarray,
+        key_codes: np.ndarray,
+        key_uniques: np.ndarray,
+        prior: pa.Table | None,
+    ) -> dict[str, np.ndarray]:
+        """Merged state columns per row for one (view, window): prior ⊕ earlier rows, over the window's buckets."""
+        view, n = w.view, events.num_rows
+        states = w.states
+        contrib = _row_states(view, states, events)
+        if w.bucket is not None:
+            micros = pc.cast(events.column(view.time_column), pa.int64()).to_numpy()
+            bucket = np.floor_divide(micros, w.bucket * 1_000_000)
+        else:
+            bucket = np.zeros(n, np.int64)
+        base = int(bucket.min()) - w.k if n else 0
+        bidx = bucket - base  # >= k, so every bucket of every window is >= 0
+        nb = int(bidx.max()) + 1 if n else 1
+        group = key_codes.astype(np.int64) * nb + bidx
+        order = np.lexsort((pos, group))
+        g_sorted, p_sorted = group[order], pos[order]
+        composite = g_sorted * (n + 1) + p_sorted
+        frame = pd.DataFrame({s.name: contrib[s.name][order] for s in states})
+        frame["__g"] = g_sorted
+        grouped = frame.groupby("__g", sort=False)
+        cum = {}
+        for s in states:
+            kind = _kind(s)
+            cum[s.name] = (grouped[s.name].cumsum() if kind == "sum" else grouped[s.name].cummin() if kind == "min" else grouped[s.name].cummax()).to_numpy(np.float64)
+        prior_lookup = _PriorLookup(view, states, prior, key_uniques, w.bucket)
+        total = {s.name: np.full(n, _IDENTITY[_kind(s)]) for s in states}
+        for m in range(w.k):
+            target = key_codes.astype(np.int64) * nb + (bidx - m)
+            idx = np.searchsorted(composite, target * (n + 1) + pos, side="left") - 1
+            hit = (idx >= 0) & (g_sorted[np.clip(idx, 0, None)] == target) if n else np.zeros(0, bool)
+            from_prior = prior_lookup.lookup(key_codes, bucket - m)
+            for s in states:
+                kind = _kind(s)
+                inbatch = np.where(hit, cum[s.name][np.clip(idx, 0, None)] if n else 0.0, _IDENTITY[kind])
+                total[s.name] = _combine(kind, _combine(kind, total[s.name], inbatch), from_prior[s.name])
+        return {s.name: _finish(_kind(s), total[s.name]) for s in states}
+
+
+class _PriorLookup:
+    """Prior state rows of a view, looked up by (key code, bucket index)."""
+
+    def __init__(
+        self, view: CompiledView, states: list[StateColumn], prior: pa.Table | None, key_uniques: np.ndarray, bucket: int | None
+    ) -> None:
+        self.columns = states
+        self.frame: pd.DataFrame | None = None
+        if prior is None or prior.num_rows == 0:
+            return
+        key_col = view.spec.keys[0]
+        codes = pd.Index(key_uniques).get_indexer(prior.column(key_col).to_numpy(zero_copy_only=False))
+        keep = codes >= 0
+        if not keep.any():
+            return
+        if bucket is not None:
+            micros = pc.cast(prior.column(BUCKET), pa.int64()).to_numpy()
+            buckets = np.floor_divide(micros, bucket * 1_000_000)
+        else:
+            buckets = np.zeros(prior.num_rows, np.int64)
+        data = {s.name: _as_float(prior.column(s.name), s) for s in states}
+        frame = pd.DataFrame(data)[keep]
+        frame["__k"], frame["__b"] = codes[keep], buckets[keep]
+        # all-time windows over bucketed views collapse the buckets: merge per key first
+        aggs = {s.name: _kind(s) for s in states}
+        self.frame = frame.groupby(["__k", "__b"], sort=False).agg(aggs)
+
+    def lookup(self, key_codes: np.ndarray, buckets: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(key_codes)
+        if self.frame is None:
+            return {s.name: np.full(n, _IDENTITY[_kind(s)]) for s in self.columns}
+        index = pd.MultiIndex.from_arrays([key_codes, buckets])
+        found = self.frame.reindex(index)
+        return {s.name: found[s.name].fillna(_IDENTITY[_kind(s)]).to_numpy(np.float64) for s in self.columns}
+
+
+def _kind(s: StateColumn) -> str:
+    if s.merge == "last" or s.part in ("last", "last_time"):
+        raise ValueError(f"state {s.name}: 'last' aggregates cannot feed features")
+    return s.merge
+
+
+def _combine(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a + b if kind == "sum" else np.minimum(a, b) if kind == "min" else np.maximum(a, b)
+
+
+def _finish(kind: str, values: np.ndarray) -> np.ndarray:
+    """Turn identities back into 'no value' (NaN) for min/max."""
+    return np.where(np.isinf(values), np.nan, values) if kind in ("min", "max") else values
+
+
+def _as_float(column: pa.ChunkedArray, s: StateColumn) -> np.ndarray:
+    if pa.types.is_timestamp(column.type):
+        column = pc.cast(column, pa.int64())
+    values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    return np.where(np.isnan(values), _IDENTITY[_kind(s)], values)
+
+
+def _row_states(view: CompiledView, states: list[StateColumn], events: pa.Table) -> dict[str, np.ndarray]:
+    """Each row's own contribution to every state column (identity where filtered out or null)."""
+    n = events.num_rows
+    keep = np.ones(n, bool)
+    if view.spec.filters:
+        # the view's own Arrow predicate, so the filter means the same here as in its partials
+        table = pa.table({**{f.column: events.column(f.column) for f in view.spec.filters}, "__i": np.arange(n)})
+        kept = table
+        for flt in view.spec.filters:
+            kept = kept.filter(arrow_predicate(flt, view.event_schema.field(flt.column).type))
+        keep = np.zeros(n, bool)
+        keep[kept.column("__i").to_numpy()] = True
+    out: dict[str, np.ndarray] = {}
+    for s in states:
+        kind = _kind(s)
+        if s.part == "count":
+            vals = np.ones(n)
+        else:
+            col = events.column(s.source)  # type: ignore[arg-type]
+            if pa.types.is_timestamp(col.type):
+                col = pc.cast(col, pa.int64())
+            x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+            valid = ~np.isnan(x)
+            if s.part == "n":
+                vals = valid.astype(np.float64)
+            elif s.part == "sumsq":
+                vals = np.where(valid, x * x, 0.0)
+            else:
+                vals = np.where(valid, x, _IDENTITY[kind])
+        out[s.name] = np.where(keep, vals, _IDENTITY[kind])
+    return out
+
+
+def _event_feature(column: pa.ChunkedArray, categories: list[str] | None) -> np.ndarray:
+    if categories is not None:
+        codes = pd.Index(categories).get_indexer(column.to_numpy(zero_copy_only=False))
+        return codes.astype(np.float64)
+    if pa.types.is_boolean(column.type):
+        column = pc.cast(column, pa.int8())
+    return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
