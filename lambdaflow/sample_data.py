@@ -143,7 +143,9 @@ def generate(
     n_legit = events - n_fraud
     l_acc = rng.choice(n_acc, n_legit, p=acc_activity / acc_activity.sum())
     fav = rng.random(n_legit) < 0.8
-    l_merch = np.where(fav, acc_favs[l_acc, rng.integers(0, 5, n_legit)], rng.choice(safe_merch, n_legit))
+    # outside their favourites, people sometimes buy electronics or jewellery too (so MCC alone is not the answer)
+    other = np.where(rng.random(n_legit) < 0.15, rng.choice(risky_merch, n_legit), rng.choice(safe_merch, n_legit))
+    l_merch = np.where(fav, acc_favs[l_acc, rng.integers(0, 5, n_legit)], other)
     l_amount = np.exp(acc_mu[l_acc] + rng.normal(0, 0.5, n_legit)) * cat_mult[cat_of_merch[l_merch]]
     abroad = rng.random(n_legit) < 0.03
     l_country = np.where(abroad, _COUNTRIES[rng.integers(0, len(_COUNTRIES), n_legit)], acc_country[l_acc])
