@@ -26,6 +26,8 @@ tables_app = typer.Typer(help="Inspect Delta tables.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
 app.add_typer(config_app, name="config")
 app.add_typer(tables_app, name="tables")
+speed_app = typer.Typer(help="The speed layer: Kafka micro-batches into Delta, exactly once.", no_args_is_help=True)
+app.add_typer(speed_app, name="speed")
 batch_app = typer.Typer(help="The batch layer: Spark jobs over the master dataset.", no_args_is_help=True)
 app.add_typer(batch_app, name="batch")
 
@@ -217,6 +219,17 @@ def tables_history(
     table = Table(paths.table_uri(state.settings().profile, name))
     for commit in table.history(limit):
         console.print_json(json.dumps(commit, default=str))
+
+
+@speed_app.command("run")
+def speed_run(
+    max_batches: Annotated[Optional[int], typer.Option(help="Stop after this many micro-batches.")] = None,
+    idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many seconds without records.")] = None,
+) -> None:
+    """Consume, validate, append, score and aggregate until SIGTERM/SIGINT (structured logs on stderr)."""
+    from speed_layer.runner import main as run
+
+    raise typer.Exit(run(state.settings(), max_batches, idle_exit))
 
 
 @batch_app.command("views")

@@ -1,0 +1,23 @@
+"""`python -m speed_layer [--profile P] [--pipeline F]`: run the speed layer until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lambdaflow.config import load_settings
+from speed_layer.runner import main as run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m speed_layer", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile")
+    parser.add_argument("--pipeline")
+    parser.add_argument("--max-batches", type=int)
+    parser.add_argument("--idle-exit", type=float, help="stop after this many seconds without records")
+    args = parser.parse_args(argv)
+    return run(load_settings(args.profile, args.pipeline), args.max_batches, args.idle_exit)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""One micro-batch, exactly once: validate → append → partials → score, each commit tagged (app id, s).
+
+Commit order: ``master/events`` first — it is the commit point and records the
+batch's Kafka offset ranges — then ``quarantine``, ``master/labels``,
+``speed/<view>`` and ``predictions``. Every commit carries the Delta ``txn``
+action (app id, ``s``), so replaying a batch skips the tables that already have
+it. After a crash, :meth:`SpeedPipeline.recover` replays the last batch from
+Kafka by its recorded offset ranges: the tables that are behind catch up, the
+others skip.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lambdaflow.config import Settings
+from lambdaflow.features import FeatureFunction
+from lambdaflow.master import to_label_rows, to_master_rows
+from lambdaflow.schemas import INGEST_SEQ
+from lambdaflow.tables import Txn
+from speed_layer.outputs import SpeedTables, prediction_rows, quarantine_rows
+from speed_layer.scorer import Scorer
+from speed_layer.state import PriorState
+from speed_layer.validation import RawRecord, Reject, Validator
+
+log = logging.getLogger(__name__)
+
+#: Commit metadata keys written on ``master/events``.
+SEQ_KEY = "lambdaflow.seq"
+OFFSETS_END_KEY = "lambdaflow.offsets.end"  # next offset per topic/partition, cumulative
+OFFSETS_START_KEY = "lambdaflow.offsets.start"  # first offset of this batch per topic/partition
+#: Set to "<table>:<seq>" to make the process die right after that commit (crash tests only).
+CRASH_AFTER_ENV = "LAMBDAFLOW_CRASH_AFTER"
+Offsets = dict[str, dict[str, int]]  # topic -> partition (as text, for JSON) -> offset
+
+
+@dataclass
+class BatchResult:
+    """Counts of one micro-batch."""
+
+    seq: int
+    records: int
+    appended: int
+    quarantined: int
+    labels: int
+    scored: int
+    model_version: int | None
+    seconds: float
+    max_event_time: dt.datetime | None = None
+    skipped_tables: list[str] = field(default_factory=list)
+
+
+def app_id(settings: Settings) -> str:
+    """The writer identity in Delta ``txn`` actions: pipeline + consumer group."""
+    return f"{settings.pipeline.name}/{settings.profile.speed.consumer_group}"
+
+
+class SpeedPipeline:
+    """Everything a micro-batch does, without the Kafka consumer (see :mod:`speed_layer.runner`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app_id = app_id(settings)
+        self.tables = SpeedTables(settings)
+        pipeline = settings.pipeline
+        self.event_topic = pipeline.source.topic
+        self.label_topic = pipeline.labels.topic if pipeline.labels else None
+        self.events = Validator(pipeline.events.fields, pipeline.source.max_payload_bytes)
+        self.labels = Validator(pipeline.labels.fields, pipeline.source.max_payload_bytes) if pipeline.labels else None
+        self.features = FeatureFunction(pipeline)
+        self.prior = PriorState(settings, self.tables)
+        self.scorer = Scorer(settings)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def last_seq(self) -> int:
+        """The last micro-batch committed to the master table (0 before the first)."""
+        return self.tables.master.txn_version(self.app_id) or 0
+
+    def batch_commit(self, seq: int) -> dict[str, Any]:
+        """The ``master/events`` commit info of micro-batch ``seq``."""
+        for limit in (50, None):
+            for commit in self.tables.master.history(limit):
+                if commit.get(SEQ_KEY) == seq and commit.get("lambdaflow.app") == self.app_id:
+                    return commit
+        raise LookupError(f"no master/events commit for micro-batch {seq} of {self.app_id}")
+
+    def committed_offsets(self) -> Offsets:
+        """Next offset per topic/partition as of the last committed batch (empty before the first)."""
+        seq = self.last_seq()
+        return {} if seq == 0 else self.batch_commit(seq).get(OFFSETS_END_KEY, {})
+
+    # ------------------------------------------------------------------ the batch
+
+    def process(self, records: Sequence[RawRecord], seq: int, start: Offsets, end: Offsets) -> BatchResult:
+        """Run micro-batch ``seq`` over ``records`` (the consumed range ``start``..``end``)."""
+        t0 = time.monotonic()
+        now = dt.datetime.now(dt.timezone.utc)
+        txn = Txn(self.app_id, seq)
+        event_records = [r for r in records if r.topic == self.event_topic]
+        label_records = [r for r in records if self.label_topic is not None and r.topic == self.label_topic]
+        other = [Reject(r, f"unexpected topic {r.topic!r}") for r in records if r.topic not in (self.event_topic, self.label_topic)]
+
+        valid, accepted, rejects = self.events.validate(event_records)
+        spec = self.settings.pipeline.events
+        master_rows = to_master_rows(
+            valid, spec, seq,
+            pa.array([r.partition for r in accepted], pa.int32()), pa.array([r.offset for r in accepted], pa.int64()), now,
+        )
+        skipped: list[str] = []
+        metadata = {SEQ_KEY: seq, "lambdaflow.app": self.app_id, OFFSETS_START_KEY: start, OFFSETS_END_KEY: end,
+                    "lambdaflow.records": len(records), "lambdaflow.valid": valid.num_rows}
+        self._commit("master/events", seq, lambda: self.tables.master.append(master_rows, txn=txn, metadata=metadata, operation="speed-append"), skipped)
+
+        label_rows = None
+        if self.labels is not None and self.tables.labels is not None:
+            good_labels, label_accepted, bad_labels = self.labels.validate(label_records)
+            rejects += bad_labels
+            label_rows = to_label_rows(
+                good_labels, self.settings.pipeline.labels, seq,  # type: ignore[arg-type]
+                pa.array([r.partition for r in label_accepted], pa.int32()), pa.array([r.offset for r in label_accepted], pa.int64()), now,
+            )
+        rejects += other
+        self._commit("quarantine", seq, lambda: self.tables.quarantine.append(quarantine_rows(rejects, seq, now), txn=txn, operation="speed-quarantine"), skipped)
+        if label_rows is not None:
+            self._commit("master/labels", seq, lambda: self.tables.labels.append(label_rows, txn=txn, operation="speed-labels"), skipped)  # type: ignore[union-attr]
+
+        unique = _first_of_each_id(master_rows, spec.id_column)
+        features = self.features.compute(unique, self.prior.states)
+        partials = {}
+        for name, view in self.tables.views.items():
+            part = view.partials_arrow(unique)
+            partials[name] = part
+            tagged = part.append_column(INGEST_SEQ, pa.array(np.full(part.num_rows, seq, np.int64)))
+            self._commit(f"speed/{name}", seq, lambda t=tagged, n=name: self.tables.speed[n].append(t, txn=txn, operation="speed-partials"), skipped)
+        self.prior.advance(partials)
+
+        scores = self.scorer.score(features)
+        predictions = prediction_rows(self.settings, unique, features, scores, self.scorer.version, seq, now)
+        self._commit("predictions", seq, lambda: self.tables.predictions.append(predictions, txn=txn, operation="speed-predictions"), skipped)
+        max_time = pc.max(valid.column(spec.time_column)).as_py() if valid.num_rows else None
+        return BatchResult(
+            seq, len(records), valid.num_rows, len(rejects), 0 if label_rows is None else label_rows.num_rows,
+            0 if scores is None else len(scores), self.scorer.version, round(time.monotonic() - t0, 4), max_time, skipped,
+        )
+
+    def _commit(self, name: str, seq: int, commit: Callable[[], Any], skipped: list[str]) -> None:
+        if commit().skipped:
+            skipped.append(name)
+        if os.environ.get(CRASH_AFTER_ENV) == f"{name}:{seq}":  # fault injection for the crash tests
+            os._exit(137)
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self, fetch: Callable[[Offsets, Offsets], list[RawRecord]]) -> BatchResult | None:
+        """Bring every table up to the last committed batch, replaying it from Kafka if any table is behind.
+
+        Args:
+            fetch: returns the records of a batch given its start and end offsets.
+
+        Returns:
+            The replayed batch, or None when nothing was behind.
+        """
+        seq = self.last_seq()
+        self.prior.load(below_seq=seq if seq else None)
+        if seq == 0:
+            return None
+        behind = [name for name, table in self.tables.all().items() if (table.txn_version(self.app_id) or 0) < seq]
+        if not behind:
+            self.prior.load()
+            return None
+        commit = self.batch_commit(seq)
+        start, end = commit.get(OFFSETS_START_KEY, {}), commit.get(OFFSETS_END_KEY, {})
+        records = fetch(start, end)
+        log.warning("replaying micro-batch %s for %s (%s records)", seq, behind, len(records))
+        result = self.process(records, seq, start, end)
+        self.prior.load()
+        return result
+
+
+def _first_of_each_id(rows: pa.Table, id_column: str) -> pa.Table:
+    """Rows minus repeated deliveries of an id within the batch (the first copy stays)."""
+    if rows.num_rows == 0:
+        return rows
+    ids = rows.column(id_column).to_numpy(zero_copy_only=False)
+    _, first = np.unique(ids, return_index=True)
+    if len(first) == rows.num_rows:
+        return rows
+    return rows.take(pa.array(np.sort(first)))

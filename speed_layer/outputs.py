@@ -1,0 +1,154 @@
+"""The tables the speed layer writes, their schemas, and the rows it builds for them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pyarrow as pa
+
+from lambdaflow.config import Settings
+from lambdaflow.master import events_table, labels_table
+from lambdaflow.paths import PREDICTIONS, QUARANTINE, speed_view, table_uri
+from lambdaflow.schemas import INGEST_SEQ, arrow_type
+from lambdaflow.tables import Table
+from lambdaflow.views import CompiledView, compile_views
+from speed_layer.validation import Reject
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("key", pa.binary()),
+        ("raw", pa.binary()),
+        ("reason", pa.string()),
+        ("quarantined_at", pa.timestamp("us", tz="UTC")),
+        (INGEST_SEQ, pa.int64()),
+    ]
+)
+
+
+def quarantine_rows(rejects: Sequence[Reject], seq: int, when: dt.datetime) -> pa.Table:
+    """Rejected records with their raw bytes, coordinates and reason."""
+    return pa.table(
+        {
+            "topic": [r.record.topic for r in rejects],
+            "partition": [r.record.partition for r in rejects],
+            "offset": [r.record.offset for r in rejects],
+            "key": [r.record.key for r in rejects],
+            "raw": [r.record.value for r in rejects],
+            "reason": [r.reason for r in rejects],
+            "quarantined_at": [when] * len(rejects),
+            INGEST_SEQ: [seq] * len(rejects),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+def speed_view_schema(view: CompiledView) -> pa.Schema:
+    """``speed/<view>``: the view's partial state tagged with the micro-batch it came from."""
+    return view.state_schema.append(pa.field(INGEST_SEQ, pa.int64(), False))
+
+
+@dataclass
+class SpeedTables:
+    """Handles on every table the speed layer commits to, created on first use."""
+
+    settings: Settings
+
+    @cached_property
+    def views(self) -> dict[str, CompiledView]:
+        return compile_views(self.settings.pipeline)
+
+    @cached_property
+    def master(self) -> Table:
+        return events_table(self.settings)
+
+    @cached_property
+    def labels(self) -> Table | None:
+        return labels_table(self.settings) if self.settings.pipeline.labels else None
+
+    @cached_property
+    def quarantine(self) -> Table:
+        table = Table(table_uri(self.settings.profile, QUARANTINE))
+        table.create(QUARANTINE_SCHEMA, name="quarantine")
+        return table
+
+    @cached_property
+    def predictions(self) -> Table:
+        table = Table(table_uri(self.settings.profile, PREDICTIONS))
+        table.create(predictions_schema(self.settings), name="predictions")
+        return table
+
+    @cached_property
+    def speed(self) -> dict[str, Table]:
+        out = {}
+        for name, view in self.views.items():
+            table = Table(table_uri(self.settings.profile, speed_view(name)))
+            table.create(speed_view_schema(view), name=f"speed_{name}")
+            out[name] = table
+        return out
+
+    def all(self) -> dict[str, Table]:
+        """Every table, by a stable name, in commit order (master first: it is the commit point)."""
+        tables: dict[str, Table] = {"master/events": self.master, "quarantine": self.quarantine}
+        if self.labels is not None:
+            tables["master/labels"] = self.labels
+        tables.update({f"speed/{name}": t for name, t in self.speed.items()})
+        tables["predictions"] = self.predictions
+        return tables
+
+
+def predictions_schema(settings: Settings) -> pa.Schema:
+    """``predictions``: one row per scored (or unscored) event."""
+    ev = settings.pipeline.events
+    return pa.schema(
+        [
+            pa.field(ev.id_column, arrow_type(ev.fields[ev.id_column])),
+            pa.field(ev.partition_key, arrow_type(ev.fields[ev.partition_key])),
+            pa.field(ev.time_column, pa.timestamp("us", tz="UTC")),
+            pa.field(INGEST_SEQ, pa.int64()),
+            pa.field("model_version", pa.int64()),
+            pa.field("score", pa.float64()),
+            pa.field("decision", pa.bool_()),
+            pa.field("scored", pa.bool_()),
+            pa.field("features", pa.list_(pa.float64())),
+            pa.field("scored_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+
+
+def prediction_rows(
+    settings: Settings,
+    events: pa.Table,
+    features: pa.Table,
+    scores: np.ndarray | None,
+    model_version: int | None,
+    seq: int,
+    when: dt.datetime,
+) -> pa.Table:
+    """Predictions of a batch; without a model, the rows are kept and marked unscored."""
+    ev = settings.pipeline.events
+    n = events.num_rows
+    threshold = settings.pipeline.model.alert_threshold if settings.pipeline.model else 0.5
+    matrix = np.column_stack([features.column(c).to_numpy(zero_copy_only=False) for c in features.column_names]) if n else np.zeros((0, 0))
+    scored = scores is not None
+    return pa.table(
+        {
+            ev.id_column: events.column(ev.id_column),
+            ev.partition_key: events.column(ev.partition_key),
+            ev.time_column: events.column(ev.time_column),
+            INGEST_SEQ: pa.array(np.full(n, seq, np.int64)),
+            "model_version": pa.array([model_version] * n, pa.int64()),
+            "score": pa.array(scores if scored else [None] * n, pa.float64()),
+            "decision": pa.array(scores >= threshold if scored else [None] * n, pa.bool_()),
+            "scored": pa.array(np.full(n, scored)),
+            "features": pa.array([list(row) for row in matrix], pa.list_(pa.float64())),
+            "scored_at": pa.array([when] * n, pa.timestamp("us", tz="UTC")),
+        },
+        schema=predictions_schema(settings),
+    )

@@ -1,0 +1,227 @@
+"""The long-running speed layer: a kafka-python consumer in a group, feeding micro-batches.
+
+Start-up: reconcile the tables (replay the last batch where a table is behind),
+then seek every assigned partition to the offsets recorded in the last
+``master/events`` commit — Kafka's group offsets are only for lag monitoring
+and are committed after the Delta commits. A micro-batch closes at
+``speed.max_batch_records`` records or after ``speed.max_batch_seconds``.
+SIGTERM/SIGINT finish the current batch, then stop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+from lambdaflow import services
+from lambdaflow.config import Settings
+from speed_layer.metrics import SpeedMetrics
+from speed_layer.microbatch import BatchResult, Offsets, SpeedPipeline
+from speed_layer.validation import RawRecord
+
+log = logging.getLogger("lambdaflow.speed")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (structured logs)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key in ("batch", "watermark", "rows", "lag", "offsets"):
+                payload[key] = value
+        if record.exc_info:
+            payload["error"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("kafka", "urllib3", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _raw(record: Any) -> RawRecord:
+    return RawRecord(record.topic, record.partition, record.offset, record.key, record.value, record.timestamp)
+
+
+def fetch_range(bootstrap: list[str], start: Offsets, end: Offsets) -> list[RawRecord]:
+    """Read exactly the records in ``[start, end)`` of every listed partition (for replaying a batch)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    wanted = {TopicPartition(t, int(p)): (start.get(t, {}).get(p, end[t][p]), end[t][p]) for t in end for p in end[t]}
+    wanted = {tp: (lo, hi) for tp, (lo, hi) in wanted.items() if hi > lo}
+    if not wanted:
+        return []
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        consumer.assign(list(wanted))
+        for tp, (lo, _) in wanted.items():
+            consumer.seek(tp, lo)
+        out: list[RawRecord] = []
+        deadline = time.monotonic() + 120
+        while any(consumer.position(tp) < hi for tp, (_, hi) in wanted.items()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not re-read the batch's records {wanted} (retention expired?)")
+            for tp, batch in consumer.poll(timeout_ms=500).items():
+                hi = wanted[tp][1]
+                out += [_raw(r) for r in batch if r.offset < hi]
+        return out
+    finally:
+        consumer.close()
+
+
+class SpeedLayer:
+    """The consumer loop around :class:`~speed_layer.microbatch.SpeedPipeline`."""
+
+    def __init__(self, settings: Settings, metrics_port: int | None = None) -> None:
+        self.settings = settings
+        self.pipeline = SpeedPipeline(settings)
+        self.bootstrap = services.bootstrap_servers(settings.profile)
+        self.stopping = False
+        port = settings.profile.speed.metrics_port if metrics_port is None else metrics_port
+        self.metrics = SpeedMetrics(port)
+
+    def stop(self, *_: Any) -> None:
+        """Finish the current micro-batch, then exit the loop."""
+        self.stopping = True
+
+    def _consumer(self) -> Any:
+        from kafka import KafkaConsumer
+        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+        speed = self.settings.profile.speed
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=speed.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=min(speed.max_batch_records, 10_000),
+            fetch_max_bytes=64 << 20,
+            **services.CONSUMER_TIMEOUTS,
+        )
+        layer = self
+
+        class SeekToDelta(ConsumerRebalanceListener):
+            """Delta, not the group, says where to resume."""
+
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                pass
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                recorded = layer.pipeline.committed_offsets()
+                for tp in assigned:
+                    offset = recorded.get(tp.topic, {}).get(str(tp.partition))
+                    if offset is None:
+                        consumer.seek_to_beginning(tp)
+                    else:
+                        consumer.seek(tp, offset)
+                layer.positions = {t: dict(p) for t, p in recorded.items()}
+
+        topics = [t for t in (self.pipeline.event_topic, self.pipeline.label_topic) if t]
+        for topic in topics:
+            services.ensure_topic(self.bootstrap, topic, self.settings.pipeline.source.partitions)
+        consumer.subscribe(topics, listener=SeekToDelta())
+        return consumer
+
+    def run(self, max_batches: int | None = None, idle_exit_seconds: float | None = None) -> list[BatchResult]:
+        """Consume until stopped (or ``max_batches`` / ``idle_exit_seconds`` of silence, for tests and demos)."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        replayed = self.pipeline.recover(lambda s, e: fetch_range(self.bootstrap, s, e))
+        if replayed:
+            log.warning("recovered micro-batch %s", replayed.seq, extra={"batch": replayed.__dict__})
+        self.pipeline.scorer.maybe_reload(force=True)
+        self.positions: Offsets = self.pipeline.committed_offsets()
+        consumer = self._consumer()
+        seq = self.pipeline.last_seq()
+        results: list[BatchResult] = []
+        idle_since = time.monotonic()
+        speed = self.settings.profile.speed
+        try:
+            while not self.stopping:
+                records = self._poll_batch(consumer, speed.max_batch_records, speed.max_batch_seconds)
+                self.pipeline.scorer.maybe_reload()
+                if self.pipeline.prior.stale():
+                    self.pipeline.prior.load()
+                if not records:
+                    if idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                start, end = self._ranges(records)
+                seq += 1
+                result = self.pipeline.process(records, seq, start, end)
+                self.positions = end
+                self._commit_group(consumer, end)
+                self.metrics.observe(result, self._lag(consumer))
+                log.info("micro-batch %s", seq, extra={"batch": result.__dict__})
+                results.append(result)
+                if max_batches is not None and len(results) >= max_batches:
+                    break
+        finally:
+            consumer.close(autocommit=False)
+            self.metrics.close()
+        return results
+
+    def _poll_batch(self, consumer: Any, max_records: int, max_seconds: float) -> list[RawRecord]:
+        records: list[RawRecord] = []
+        deadline = time.monotonic() + max_seconds
+        while len(records) < max_records and not self.stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            polled = consumer.poll(timeout_ms=int(remaining * 1000), max_records=max_records - len(records))
+            for batch in polled.values():
+                records += [_raw(r) for r in batch]
+        return records
+
+    def _ranges(self, records: list[RawRecord]) -> tuple[Offsets, Offsets]:
+        """Start offsets of this batch and the cumulative next offsets after it."""
+        start: Offsets = {}
+        end: Offsets = {t: dict(p) for t, p in self.positions.items()}
+        for r in records:
+            p = str(r.partition)
+            start.setdefault(r.topic, {}).setdefault(p, r.offset)
+            start[r.topic][p] = min(start[r.topic][p], r.offset)
+            end.setdefault(r.topic, {})[p] = max(end.get(r.topic, {}).get(p, 0), r.offset + 1)
+        return start, end
+
+    def _commit_group(self, consumer: Any, end: Offsets) -> None:
+        from kafka import OffsetAndMetadata, TopicPartition
+
+        offsets = {TopicPartition(t, int(p)): OffsetAndMetadata(o, "", -1) for t, ps in end.items() for p, o in ps.items()}
+        try:
+            consumer.commit(offsets)
+        except Exception as exc:  # noqa: BLE001 - group offsets are for monitoring; Delta holds the truth
+            log.warning("could not commit group offsets (monitoring only): %s", exc)
+
+    def _lag(self, consumer: Any) -> int:
+        lag = 0
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                lag += max(0, high - consumer.position(tp))
+        return lag
+
+
+def main(settings: Settings, max_batches: int | None = None, idle_exit_seconds: float | None = None) -> int:
+    configure_logging()
+    layer = SpeedLayer(settings)
+    results = layer.run(max_batches=max_batches, idle_exit_seconds=idle_exit_seconds)
+    log.info("stopped after %s micro-batches", len(results))
+    return 0
