@@ -68,9 +68,10 @@ def _featurize_partition(settings: Settings, out_schema: pa.Schema) -> Callable[
     ev = pipeline.events
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        table = pa.Table.from_batches(list(batches))
-        if table.num_rows == 0:
+        collected = [b for b in batches if b.num_rows]
+        if not collected:  # an empty Spark partition
             return
+        table = pa.Table.from_batches(collected)
         features = FeatureFunction(pipeline).compute(table)  # all preceding events of each key are here
         ids = [ev.id_column, ev.partition_key, ev.time_column, INGEST_SEQ]
         result = pa.table({**{c: table.column(c) for c in ids}, **{c: features.column(c) for c in features.column_names}})

@@ -111,6 +111,9 @@ class SpeedLayer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=min(speed.max_batch_records, 10_000),
+            # static membership: a restarted instance takes its old place at once instead of
+            # waiting a session timeout for the dead member to leave the group
+            group_instance_id=f"{speed.consumer_group}-0",
             fetch_max_bytes=64 << 20,
             **services.CONSUMER_TIMEOUTS,
         )
@@ -159,7 +162,9 @@ class SpeedLayer:
                 if self.pipeline.prior.stale():
                     self.pipeline.prior.load()
                 if not records:
-                    if idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
+                    if not self._caught_up(consumer):
+                        idle_since = time.monotonic()  # quiet because not yet assigned or fetching: not idle
+                    elif idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
                         break
                     continue
                 idle_since = time.monotonic()
@@ -209,6 +214,17 @@ class SpeedLayer:
             consumer.commit(offsets)
         except Exception as exc:  # noqa: BLE001 - group offsets are for monitoring; Delta holds the truth
             log.warning("could not commit group offsets (monitoring only): %s", exc)
+
+    def _caught_up(self, consumer: Any) -> bool:
+        """True when partitions are assigned and every position has reached its high-water mark."""
+        assigned = consumer.assignment()
+        if not assigned:
+            return False
+        for tp in assigned:
+            high = consumer.highwater(tp)
+            if high is None or consumer.position(tp) < high:
+                return False
+        return True
 
     def _lag(self, consumer: Any) -> int:
         lag = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -100,12 +99,14 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(speed_env: SpeedE
         kills += 1
     while kills < 22:  # random SIGKILLs: before, during and after commits
         proc = start(speed_env)
-        time.sleep(rng.uniform(0.5, 4.0))
+        time.sleep(rng.uniform(1.0, 6.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         kills += 1
     drain(speed_env)
     check_exactly_once(speed_env, sample.events.column("event_id").to_pylist())
+    master = SpeedTables(speed_env.settings).master.snapshot().to_arrow(columns=[INGEST_SEQ])
+    assert len(set(master.column(INGEST_SEQ).to_pylist())) >= 40  # 200k records in batches of at most 5k
 
 
 def test_five_percent_malformed_records_are_quarantined_with_reasons(speed_env: SpeedEnv) -> None:
@@ -227,5 +228,4 @@ def test_labels_land_in_master_labels(speed_env: SpeedEnv) -> None:
     drain(speed_env)
     labels = SpeedTables(speed_env.settings).labels.snapshot().to_arrow()
     assert sorted(labels.column("event_id").to_pylist()) == sorted(sample.labels.column("event_id").to_pylist())
-    assert json.dumps  # the label rows carry their Kafka coordinates too
-    assert labels.column("_kafka_offset").null_count == 0
+    assert labels.column("_kafka_offset").null_count == 0  # the label rows carry their Kafka coordinates too
