@@ -26,7 +26,7 @@ from lambdaflow.config import Settings
 from lambdaflow.master import events_table
 from lambdaflow.paths import batch_view, table_uri
 from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ, KAFKA_OFFSET, KAFKA_PARTITION
-from lambdaflow.tables import Table, TableMissingError, Txn
+from lambdaflow.tables import ConcurrentCommitError, Table, TableMissingError, Txn
 from lambdaflow.views import CompiledView, compile_views
 
 if TYPE_CHECKING:
@@ -154,3 +154,42 @@ def published_watermark(table: Table, version: int | None = None) -> int | None:
         if commit.get("operation") == "CREATE TABLE":
             return None
     return None
+
+
+def publish_history(table: Table) -> list[int]:
+    """Watermarks of a batch view's publishes, newest first."""
+    return [int(c[WATERMARK_KEY]) for c in table.history() if WATERMARK_KEY in c]
+
+
+def expire_speed_rows(settings: Settings) -> dict[str, int]:
+    """Drop speed partials that the batch views have absorbed, one batch run late.
+
+    Rows with ``_ingest_seq`` ≤ the watermark of the *previous* publish are
+    removed: a reader still holding the previous batch snapshot (W_prev) needs
+    exactly the rows after W_prev, so lagging one run never opens a gap
+    (DESIGN §3).
+
+    Returns:
+        Per view, the watermark up to which rows were expired (-1: nothing yet).
+    """
+    import pyarrow.compute as pc
+
+    from lambdaflow.paths import speed_view
+
+    out = {}
+    for name in compile_views(settings.pipeline):
+        batch = Table(table_uri(settings.profile, batch_view(name)))
+        speed = Table(table_uri(settings.profile, speed_view(name)))
+        history = publish_history(batch) if batch.exists() else []
+        distinct = sorted(set(history), reverse=True)
+        previous = distinct[1] if len(distinct) > 1 else -1
+        if previous >= 0 and speed.exists():
+            for attempt in range(5):  # the speed layer may commit in between: retry on a fresh snapshot
+                try:
+                    speed.delete_rows(pc.field(INGEST_SEQ) <= previous, metadata={"lambdaflow.expired_through": previous}, operation="speed-expiry")
+                    break
+                except ConcurrentCommitError:
+                    if attempt == 4:
+                        raise
+        out[name] = previous
+    return out

@@ -257,6 +257,15 @@ def batch_views(
     console.print(f"{report.events:,} events ({report.duplicates_removed:,} duplicate deliveries removed) in {report.seconds:.1f}s")
 
 
+@batch_app.command("expire")
+def batch_expire() -> None:
+    """Drop speed partials already absorbed by the previous batch run (safe while readers and the speed layer run)."""
+    from batch_layer.views import expire_speed_rows
+
+    for view, through in expire_speed_rows(state.settings()).items():
+        console.print(f"{view}: " + (f"expired speed rows through micro-batch {through}" if through >= 0 else "nothing to expire yet"))
+
+
 @batch_app.command("training-set")
 def batch_training_set(
     master_version: Annotated[Optional[int], typer.Option(help="Delta version of master/events to read (default: latest).")] = None,
@@ -305,6 +314,89 @@ def batch_train(
     console.print(table)
     console.print(("[green]promoted[/] " if report.promoted else "[yellow]not promoted[/] ") + report.reason)
     console.print(f"plot: {report.plot}   MLflow run: {report.run_id}   ({report.train_rows:,} training events, {report.seconds:.1f}s)")
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="One SQL statement in Trino's dialect, e.g. 'SELECT * FROM unified_account_profile LIMIT 5'.")],
+    engine: Annotated[Optional[str], typer.Option(help="duckdb (embedded) or trino (default: the profile's sql_engine).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+) -> None:
+    """Query the tables and the unified views with SQL."""
+    from serving_layer.engine import QueryError, open_session
+
+    s = state.settings()
+    chosen = engine or s.profile.sql_engine
+    if chosen == "trino":
+        from serving_layer.trino import run_query
+
+        result = run_query(s, sql)
+    elif chosen == "duckdb":
+        try:
+            result = open_session(s).query(sql)
+        except QueryError as exc:
+            err.print(f"[red]query failed:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    else:
+        raise typer.BadParameter(f"unknown engine {chosen!r}; use duckdb or trino", param_hint="--engine")
+    _print_arrow(result, fmt)
+
+
+def _print_arrow(result, fmt: str) -> None:
+    if fmt == "json":
+        console.print_json(json.dumps(result.to_pylist(), default=str))
+    elif fmt == "csv":
+        import io
+
+        import pyarrow.csv as pcsv
+
+        buffer = io.BytesIO()
+        pcsv.write_csv(result, buffer)
+        sys.stdout.write(buffer.getvalue().decode())
+    else:
+        table = RichTable(show_lines=False)
+        for name in result.column_names:
+            table.add_column(name)
+        for row in result.to_pylist()[:1000]:
+            table.add_row(*[f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()])
+        console.print(table)
+        console.print(f"[dim]{result.num_rows:,} row(s)[/]")
+
+
+@app.command()
+def verify() -> None:
+    """Recompute every view from scratch over master/events and compare with its unified view; exit 1 on any difference."""
+    from serving_layer.verify import verify as run_verify
+
+    with console.status("recomputing every view from scratch…"):
+        checks = run_verify(state.settings())
+    table = RichTable(title="unified views vs. a from-scratch recompute")
+    for col in ("view", "matching", "differing", "missing", "extra", "result"):
+        table.add_column(col, justify="left" if col in ("view", "result") else "right")
+    for c in checks:
+        table.add_row(c.view, f"{c.matching:,}", str(c.differing), str(c.missing), str(c.extra), "[green]ok[/]" if c.ok else "[red]DIFFERENT[/]")
+    console.print(table)
+    for c in checks:
+        for example in c.examples:
+            console.print(f"  {c.view}: {example}")
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command("trino-ddl")
+def trino_ddl(
+    apply: Annotated[bool, typer.Option(help="Run the statements on the profile's Trino instead of printing them.")] = False,
+) -> None:
+    """Print (or apply) the Trino statements: register the Delta tables, create the serving views."""
+    from serving_layer.trino import apply_ddl, ddl_statements
+
+    s = state.settings()
+    statements = ddl_statements(s)
+    if apply:
+        apply_ddl(s, statements)
+        console.print(f"[green]applied[/] {len(statements)} statements on {s.profile.trino.host}:{s.profile.trino.port}")
+    else:
+        sys.stdout.write(";\n\n".join(statements) + ";\n")
 
 
 @app.command()

@@ -28,6 +28,11 @@ def speed_view(view: str) -> str:
     return f"speed/{view}"
 
 
+def sql_name(name: str) -> str:
+    """The table's name in SQL (Trino and the embedded engine): ``batch/account_hourly`` → ``batch_account_hourly``."""
+    return name.strip("/").replace("/", "_").lstrip("_")
+
+
 def table_uri(profile: ProfileConfig, name: str) -> str:
     """Absolute URI of a table given its name relative to the storage root."""
     return f"{profile.storage.uri.rstrip('/')}/{name.strip('/')}"

@@ -12,9 +12,12 @@ def parse_trino(sql: str) -> sqlglot.Expression:
     """Parse a statement as Trino SQL.
 
     Raises:
-        sqlglot.errors.ParseError: the text is not valid Trino SQL.
+        sqlglot.errors.ParseError: the text is not valid Trino SQL (or only parses as an opaque command).
     """
-    return sqlglot.parse_one(sql, read=DIALECT)
+    parsed = sqlglot.parse_one(sql, read=DIALECT, error_level=sqlglot.ErrorLevel.RAISE)
+    if isinstance(parsed, sqlglot.exp.Command):
+        raise sqlglot.errors.ParseError(f"not understood as Trino SQL, only as an opaque command: {sql[:80]}")
+    return parsed
 
 
 def to_duckdb(sql: str) -> str:

@@ -371,6 +371,14 @@ class Snapshot:
         result = dataset.to_table(columns=list(columns) if columns else None, filter=filter)
         return _conform(result, pa.schema([self.schema.field(c) for c in (columns or self.schema.names)]))
 
+    def txn_version(self, app_id: str) -> int | None:
+        """The application's last ``txn`` version in this snapshot."""
+        return self._delta.transaction_version(app_id)
+
+    def to_arrow_dataset(self) -> Any:
+        """A lazy ``pyarrow.dataset`` over exactly this snapshot's files, partition columns included."""
+        return self._delta.to_pyarrow_dataset()
+
     def to_spark(self, spark: SparkSession) -> DataFrame:
         """The snapshot's rows as a Spark DataFrame, read from its file list.
 

@@ -24,7 +24,7 @@ from speed_layer.microbatch import CRASH_AFTER_ENV, app_id
 from speed_layer.outputs import SpeedTables
 from speed_layer.runner import SpeedLayer
 from tests.conftest import ROOT
-from tests.speed_layer.conftest import SpeedEnv
+from tests.conftest import SpeedEnv
 
 SPEED = [sys.executable, "-m", "speed_layer"]
 

@@ -1,0 +1,95 @@
+"""The embedded SQL engine: DuckDB in process over the Delta snapshots.
+
+Each connection registers every table at its latest Delta version (a lazy Arrow
+dataset over that snapshot's file list — DuckDB's own ``delta`` extension
+cannot be downloaded here) and creates the serving views from the same Trino
+SQL text, transpiled. A table that does not exist yet is registered empty with
+its schema, so the unified views answer from day one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from batch_layer.views import batch_table_schema
+from lambdaflow.config import Settings
+from lambdaflow.master import labels_schema, master_schema
+from lambdaflow.paths import MASTER_EVENTS, MASTER_LABELS, PREDICTIONS, QUARANTINE, batch_view, existing_tables, speed_view, sql_name
+from lambdaflow.sql import to_duckdb
+from lambdaflow.tables import Table
+from lambdaflow.views import compile_views, quote
+from serving_layer.sql import view_definitions
+from speed_layer.microbatch import app_id
+from speed_layer.outputs import QUARANTINE_SCHEMA, predictions_schema, speed_view_schema
+
+
+class QueryError(ValueError):
+    """The SQL could not be parsed or run; the message points at the problem."""
+
+
+@dataclass
+class Session:
+    """A DuckDB connection with every table and serving view, and the Delta version each table was read at."""
+
+    connection: duckdb.DuckDBPyConnection
+    versions: dict[str, int] = field(default_factory=dict)
+    #: per table, the last speed-layer micro-batch committed in the snapshot that was read
+    speed_seq: dict[str, int] = field(default_factory=dict)
+
+    def query(self, sql: str, dialect: str = "trino") -> pa.Table:
+        """Run one statement (Trino dialect by default) and return the rows.
+
+        Raises:
+            QueryError: the statement does not parse or fails.
+        """
+        import sqlglot
+
+        try:
+            text = to_duckdb(sql) if dialect == "trino" else sql
+        except sqlglot.errors.ParseError as exc:
+            raise QueryError(f"not valid Trino SQL: {exc}") from None
+        try:
+            return self.connection.sql(text).to_arrow_table()
+        except duckdb.Error as exc:
+            raise QueryError(str(exc)) from None
+
+
+def expected_schemas(settings: Settings) -> dict[str, pa.Schema]:
+    """Schema of every table the serving views read, by table name."""
+    pipeline = settings.pipeline
+    out = {MASTER_EVENTS: master_schema(pipeline.events), QUARANTINE: QUARANTINE_SCHEMA, PREDICTIONS: predictions_schema(settings)}
+    if pipeline.labels:
+        out[MASTER_LABELS] = labels_schema(pipeline.labels)
+    for name, view in compile_views(pipeline).items():
+        out[batch_view(name)] = batch_table_schema(view)
+        out[speed_view(name)] = speed_view_schema(view)
+    return out
+
+
+def open_session(settings: Settings) -> Session:
+    """Register every table's latest snapshot and create the serving views."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    session = Session(con)
+    speed_app = app_id(settings)
+    present = dict(existing_tables(settings.profile))
+    for name, schema in expected_schemas(settings).items():
+        alias = sql_name(name)
+        if name in present:
+            snap = Table(present[name]).snapshot()
+            con.register(alias, snap.to_arrow_dataset())
+            session.versions[name] = snap.version
+            session.speed_seq[name] = snap.txn_version(speed_app) or 0
+        else:
+            con.register(alias, schema.empty_table())
+    for name, uri in present.items():  # tables the pipeline does not know about are queryable too
+        if sql_name(name) not in {sql_name(n) for n in expected_schemas(settings)}:
+            snap = Table(uri).snapshot()
+            con.register(sql_name(name), snap.to_arrow_dataset())
+            session.versions[name] = snap.version
+    for view, body in view_definitions(settings.pipeline).items():
+        con.execute(f"CREATE VIEW {quote(view)} AS {to_duckdb(body)}")
+    return session
