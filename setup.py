@@ -40,6 +40,7 @@ INSTALL_REQUIRES = [
 DEV_REQUIRES = [
     "pytest>=8",
     "hypothesis>=6.100",
+    "httpx",  # FastAPI TestClient
 ]
 
 setup(

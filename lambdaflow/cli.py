@@ -383,6 +383,20 @@ def verify() -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address (default: the profile's serving.host).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: the profile's serving.port).")] = None,
+) -> None:
+    """Run the REST API (OpenAPI schema at /openapi.json, docs at /docs)."""
+    import uvicorn
+
+    from serving_layer.api import create_app
+
+    s = state.settings()
+    uvicorn.run(create_app(s), host=host or s.profile.serving.host, port=port or s.profile.serving.port, log_level="info")
+
+
 @app.command("trino-ddl")
 def trino_ddl(
     apply: Annotated[bool, typer.Option(help="Run the statements on the profile's Trino instead of printing them.")] = False,
@@ -401,14 +415,16 @@ def trino_ddl(
 
 @app.command()
 def demo(
-    events: Annotated[int, typer.Option(help="Sample events to generate.")] = 200_000,
+    events: Annotated[int, typer.Option(help="Sample events of history to generate.")] = 300_000,
     days: Annotated[float, typer.Option(help="Simulated days of history.")] = 30.0,
+    live_events: Annotated[int, typer.Option(help="Fresh events streamed after the batch cycle.")] = 20_000,
     keep_services: Annotated[bool, typer.Option(help="Leave the broker running afterwards.")] = False,
 ) -> None:
-    """Run the whole pipeline on the embedded default, with progress and a final report."""
+    """Run the whole Lambda loop on the embedded default, with progress and a final report."""
     from lambdaflow import demo as demo_module
 
-    demo_module.run(state.settings(), events=events, days=days, keep_services=keep_services)
+    ok = demo_module.run(state.settings(), events=events, days=days, live_events=live_events, keep_services=keep_services)
+    raise typer.Exit(0 if ok else 1)
 
 
 def main() -> None:

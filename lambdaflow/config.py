@@ -417,6 +417,20 @@ class SpeedConfig(StrictModel):
     metrics_port: int = Field(default=9108, ge=0, lt=65536)
 
 
+class ServingConfig(StrictModel):
+    """The REST API (`lambdaflow serve`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, gt=0, lt=65536)
+    token: str | None = Field(default=None, description="Bearer token required on every endpoint but /health; omit for none.")
+    refresh_seconds: float = Field(default=1.0, gt=0, description="How often the API looks for new table versions.")
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
 class AirflowConfig(StrictModel):
     """Scheduling of the batch cycle."""
 
@@ -439,6 +453,7 @@ class ProfileConfig(StrictModel):
     trino: TrinoConfig = Field(default_factory=TrinoConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
 
 

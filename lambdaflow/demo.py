@@ -1,18 +1,24 @@
-"""`lambdaflow demo`: the pipeline end to end on the embedded default, with progress throughout.
+"""`lambdaflow demo`: the whole Lambda loop on the embedded default, with progress throughout.
 
-Stages run in order and each prints what it did. The stages that exist today:
-start the embedded broker, produce a month of sample history with its late
-chargebacks, count what the broker holds (by consuming), stop what was started.
-The speed layer, the batch DAG run and the serving queries join as their
-issues land.
+1. start the embedded Kafka-compatible broker;
+2. produce a month of sample card transactions and their late chargebacks;
+3. run the speed layer over it (exactly-once appends, quarantine, real-time views; no model yet);
+4. run the batch cycle: recompute batch views, build the training set, train and promote a champion;
+5. stream a day of live events (with a few malformed records) — now scored by the champion;
+6. query the unified views, run ``verify``, and print a report; stop what the demo started.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
 
 from lambdaflow import producer, sample_data, services
 from lambdaflow.config import Settings
@@ -20,48 +26,174 @@ from lambdaflow.config import Settings
 console = Console()
 
 
-def run(settings: Settings, events: int = 200_000, days: float = 30.0, keep_services: bool = False) -> dict[str, object]:
-    """Run every available stage of the pipeline and return a report."""
-    report: dict[str, object] = {}
-    profile = settings.profile
-    started = time.monotonic()
+class Demo:
+    """The demo's stages, sharing the settings and the report."""
 
-    def stage(title: str, fn: Callable[[], object]) -> object:
-        console.rule(f"[bold]{title}")
+    def __init__(self, settings: Settings, events: int, days: float, live_events: int) -> None:
+        self.settings = settings
+        self.events = events
+        self.days = days
+        self.live_events = live_events
+        self.report: dict[str, Any] = {}
+        self.bootstrap: list[str] = []
+
+    def stage(self, title: str, fn: Callable[[], Any]) -> Any:
+        console.rule(f"[bold cyan]{title}")
         t0 = time.monotonic()
         result = fn()
-        console.print(f"[dim]{title}: {time.monotonic() - t0:.1f}s[/]")
+        console.print(f"[dim]… {time.monotonic() - t0:.1f}s[/]")
         return result
 
-    already = {r.name for r in services.status(profile) if r.running}
-    running = stage("1. embedded services", lambda: services.up(profile))
-    for record in running.values():  # type: ignore[union-attr]
-        console.print(f"  {record.name} pid {record.pid} at {record.address} ({record.storage or 'n/a'})")
-    try:
-        bootstrap = services.bootstrap_servers(profile)
-        pipeline = settings.pipeline
-        sample = stage(f"2. generate {events:,} sample events over {days:g} days", lambda: sample_data.generate(events, days))
-        streams = [producer.Stream(pipeline.source.topic, sample.events, pipeline.events.partition_key, pipeline.events.time_column)]  # type: ignore[union-attr]
-        if pipeline.labels is not None:
-            streams.append(producer.Stream(pipeline.labels.topic, sample.labels, pipeline.events.partition_key, pipeline.labels.time_column))  # type: ignore[union-attr]
+    def produce(self, sample: sample_data.SampleData, junk: int = 0) -> None:
+        p = self.settings.pipeline
+        streams = [producer.Stream(p.source.topic, sample.events, p.events.partition_key, p.events.time_column)]
+        if p.labels is not None:
+            streams.append(producer.Stream(p.labels.topic, sample.labels, p.events.partition_key, p.labels.time_column))
         for s in streams:
-            services.ensure_topic(bootstrap, s.topic, pipeline.source.partitions)
-        sent = stage("3. produce to Kafka", lambda: producer.produce(bootstrap, streams))
-        counts = stage(
-            "4. count what the broker holds (by consuming)",
-            lambda: {s.topic: sum(services.count_records(bootstrap, s.topic).values()) for s in streams},
+            services.ensure_topic(self.bootstrap, s.topic, p.source.partitions)
+        total = sum(s.rows.num_rows for s in streams)
+        with Progress(TextColumn("  producing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("produce", total=total)
+            report = producer.produce(self.bootstrap, streams, on_progress=lambda n: bar.advance(task, n))
+        if junk:
+            from kafka import KafkaProducer
+
+            kafka = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+            payloads = [b"\xff\xfe", b"{broken json", b'{"event_id": "x", "amount": "lots"}', b"[]"]
+            for i in range(junk):
+                kafka.send(p.source.topic, key=b"junk", value=payloads[i % len(payloads)])
+            kafka.flush()
+            kafka.close()
+        console.print(f"  sent {report.total:,} records ({', '.join(f'{t}: {n:,}' for t, n in report.sent.items())})" + (f" + {junk} malformed" if junk else ""))
+
+    def speed(self, expected: int) -> list[Any]:
+        import logging
+
+        from speed_layer.runner import SpeedLayer, configure_logging
+
+        configure_logging(logging.WARNING)
+        layer = SpeedLayer(self.settings, metrics_port=0)
+        with Progress(TextColumn("  speed layer"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), console=console) as bar:
+            task = bar.add_task("speed", total=expected, info="")
+
+            def advance(result: Any) -> None:
+                model = f"model v{result.model_version}" if result.model_version else "no model yet"
+                bar.update(task, advance=result.records, info=f"batch {result.seq}: +{result.appended:,} events, {result.quarantined} quarantined, {model}")
+
+            results = layer.run(idle_exit_seconds=3, on_batch=advance)
+        return results
+
+    def batch_cycle(self) -> None:
+        from batch_layer.train import train
+        from batch_layer.training import build_training_set
+        from batch_layer.views import expire_speed_rows, recompute_views
+        from lambdaflow.spark import get_spark
+
+        with console.status("  starting Spark…"):
+            spark = get_spark(self.settings.profile.spark, app_name="lambdaflow-demo")
+        with console.status("  recomputing batch views…"):
+            views = recompute_views(self.settings, spark)
+        console.print(f"  batch views at watermark W={views.watermark} from {views.events:,} events")
+        with console.status("  building the point-in-time training set…"):
+            ts = build_training_set(self.settings, spark)
+        console.print(f"  training set: {ts.rows:,} events, {ts.positives:,} fraudulent")
+        with console.status("  training XGBoost (xgboost.spark) and evaluating on the latest days…"):
+            model = train(self.settings, spark)
+        expire_speed_rows(self.settings)
+        spark.stop()
+        console.print(f"  model v{model.version}: ROC-AUC {model.metrics['roc_auc']:.3f}, PR-AUC {model.metrics['pr_auc']:.3f} (fraud rate {model.fraud_rate:.2%}); {model.reason}")
+        self.report.update(watermark=views.watermark, model=model)
+
+    def queries(self) -> None:
+        from serving_layer.engine import open_session
+
+        session = open_session(self.settings)
+        top = session.query(
+            'SELECT "account_id", "txn_count", ROUND("amount_mean", 2) AS "amount_mean", "last_country" '
+            'FROM "unified_account_profile" ORDER BY "txn_count" DESC LIMIT 5'
         )
-        report.update(
-            events=events,
-            fraud_rate=round(sample.fraud_rate, 4),  # type: ignore[union-attr]
-            produced=sent.sent,  # type: ignore[union-attr]
-            held_by_broker=counts,
+        _print("busiest accounts (unified_account_profile)", top)
+        alerts = session.query(
+            'SELECT "model_version", COUNT(*) AS events, SUM(CASE WHEN "decision" THEN 1 ELSE 0 END) AS alerts, '
+            'ROUND(AVG("score"), 4) AS mean_score FROM "predictions" WHERE "scored" GROUP BY "model_version"'
         )
-    finally:
-        if not keep_services and not already:  # stop only what this demo started
-            stage("5. stop the services this demo started", lambda: services.down(profile))
-    console.rule("[bold]report")
-    for key, value in report.items():
-        console.print(f"  {key:<16} {value}")
-    console.print(f"  total time       {time.monotonic() - started:.0f}s")
-    return report
+        _print("live scoring (predictions)", alerts)
+        _print("freshness (serving_freshness)", session.query('SELECT * FROM "serving_freshness"'))
+        counts = session.query('SELECT (SELECT COUNT(*) FROM "master_events") AS events, (SELECT COUNT(*) FROM "quarantine") AS quarantined')
+        self.report.update(counts.to_pylist()[0])
+        newest = session.query('SELECT MAX("_ingested_at") AS t, MAX("event_time") AS e FROM "master_events"').to_pylist()[0]
+        self.report["freshness_s"] = (dt.datetime.now(dt.timezone.utc) - newest["t"]).total_seconds() if newest["t"] else None
+
+    def verify(self) -> bool:
+        from serving_layer.verify import verify
+
+        checks = verify(self.settings)
+        for c in checks:
+            mark = "[green]ok[/]" if c.ok else "[red]DIFFERENT[/]"
+            console.print(f"  {c.view:<24} {c.matching:>8,} keys match, {c.differing} differ, {c.missing} missing, {c.extra} extra  {mark}")
+        ok = all(c.ok for c in checks)
+        self.report["verify"] = "zero differences" if ok else "DIFFERENCES FOUND"
+        return ok
+
+    def run(self, keep_services: bool) -> bool:
+        profile = self.settings.profile
+        started = time.monotonic()
+        already = {r.name for r in services.status(profile) if r.running}
+        self.stage("1. start the embedded broker", lambda: services.up(profile))
+        self.bootstrap = services.bootstrap_servers(profile)
+        console.print(f"  broker at {self.bootstrap[0]}; tables under {profile.storage.uri}")
+        try:
+            history = self.stage(
+                f"2. a month of history: {self.events:,} card transactions over {self.days:g} days",
+                lambda: sample_data.generate(self.events, self.days, seed=7),
+            )
+            self.stage("   … produced to Kafka with their chargebacks", lambda: self.produce(history))
+            self.stage("3. speed layer over the history (no model yet: events kept, predictions unscored)", lambda: self.speed(history.events.num_rows + history.labels.num_rows))
+            self.stage("4. batch cycle: batch views → training set → XGBoost → champion", self.batch_cycle)
+            end = history.events["event_time"][-1].as_py()
+            live = sample_data.generate(self.live_events, 1.0, seed=8, start=end + dt.timedelta(seconds=1))
+            self.stage(f"5. live: {self.live_events:,} fresh events, a few malformed", lambda: self.produce(live, junk=40))
+            self.stage("   … scored by the champion as they arrive", lambda: self.speed(live.events.num_rows + live.labels.num_rows + 40))
+            self.stage("6. unified views through SQL", self.queries)
+            ok = self.stage("7. verify: every unified view against a from-scratch recompute", self.verify)
+        finally:
+            if not keep_services and not already:
+                self.stage("8. stop the services this demo started", lambda: services.down(profile))
+        self._summary(time.monotonic() - started)
+        return ok
+
+    def _summary(self, seconds: float) -> None:
+        r = self.report
+        model = r.get("model")
+        table = RichTable(title="Lambdaflow demo", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("events ingested", f"{r.get('events', 0):,}")
+        table.add_row("quarantined", f"{r.get('quarantined', 0):,} (malformed records, with reasons)")
+        table.add_row("batch watermark W", str(r.get("watermark")))
+        if model is not None:
+            table.add_row("champion model", f"v{model.version}: ROC-AUC {model.metrics['roc_auc']:.3f}, PR-AUC {model.metrics['pr_auc']:.3f}, "
+                          f"precision {model.metrics['precision_at_threshold']:.2f} / recall {model.metrics['recall_at_threshold']:.2f} at the alert threshold")
+            table.add_row("evaluation plot", model.plot)
+        if r.get("freshness_s") is not None:
+            table.add_row("freshness", f"newest event ingested {r['freshness_s']:.0f}s ago")
+        table.add_row("verify", r.get("verify", "not run"))
+        table.add_row("tables", self.settings.profile.storage.uri)
+        table.add_row("took", f"{seconds / 60:.1f} min")
+        console.print(table)
+        console.print("Next: [bold]lambdaflow query 'SELECT * FROM unified_account_profile LIMIT 5'[/] · [bold]lambdaflow tables list[/] · [bold]lambdaflow verify[/]")
+
+
+def _print(title: str, result: Any) -> None:
+    table = RichTable(title=title)
+    for name in result.column_names:
+        table.add_column(name)
+    for row in result.to_pylist():
+        table.add_row(*[str(v) for v in row.values()])
+    console.print(table)
+
+
+def run(settings: Settings, events: int = 300_000, days: float = 30.0, live_events: int = 20_000, keep_services: bool = False) -> bool:
+    """Run the demo; True when verify found zero differences."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    return Demo(settings, events, days, live_events).run(keep_services)

@@ -15,7 +15,9 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lambdaflow import services
@@ -141,10 +143,16 @@ class SpeedLayer:
         consumer.subscribe(topics, listener=SeekToDelta())
         return consumer
 
-    def run(self, max_batches: int | None = None, idle_exit_seconds: float | None = None) -> list[BatchResult]:
+    def run(
+        self,
+        max_batches: int | None = None,
+        idle_exit_seconds: float | None = None,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> list[BatchResult]:
         """Consume until stopped (or ``max_batches`` / ``idle_exit_seconds`` of silence, for tests and demos)."""
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
         replayed = self.pipeline.recover(lambda s, e: fetch_range(self.bootstrap, s, e))
         if replayed:
             log.warning("recovered micro-batch %s", replayed.seq, extra={"batch": replayed.__dict__})
@@ -176,6 +184,8 @@ class SpeedLayer:
                 self.metrics.observe(result, self._lag(consumer))
                 log.info("micro-batch %s", seq, extra={"batch": result.__dict__})
                 results.append(result)
+                if on_batch is not None:
+                    on_batch(result)
                 if max_batches is not None and len(results) >= max_batches:
                     break
         finally:
