@@ -78,7 +78,7 @@ class Demo:
 
             def advance(result: Any) -> None:
                 model = f"model v{result.model_version}" if result.model_version else "no model yet"
-                bar.update(task, advance=result.records, info=f"batch {result.seq}: +{result.appended:,} events, {result.quarantined} quarantined, {model}")
+                bar.update(task, advance=result.records, info=f"batch {result.seq}: +{result.appended:,} events, +{result.labels:,} labels, {result.quarantined} quarantined, {model}")
 
             results = layer.run(idle_exit_seconds=3, on_batch=advance)
         return results
@@ -195,5 +195,8 @@ def _print(title: str, result: Any) -> None:
 
 def run(settings: Settings, events: int = 300_000, days: float = 30.0, live_events: int = 20_000, keep_services: bool = False) -> bool:
     """Run the demo; True when verify found zero differences."""
+    import logging
+
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # the client's event-loop timing warnings are noise here
     return Demo(settings, events, days, live_events).run(keep_services)

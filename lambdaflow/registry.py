@@ -46,6 +46,7 @@ def tracking_uri(settings: Settings) -> str:
 def client(settings: Settings) -> Any:
     """An MLflow client bound to the pipeline's tracking store."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri(settings), registry_uri=tracking_uri(settings))

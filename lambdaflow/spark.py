@@ -34,6 +34,8 @@ def get_spark(config: SparkConfig, app_name: str = "lambdaflow", master: str | N
     # Executors must run the same interpreter as the driver (the project virtualenv).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if master is None and config.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: no need to guess a network address
     builder = SparkSession.builder.appName(app_name)
     if master or "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
         builder = builder.master(master or config.master)

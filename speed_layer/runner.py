@@ -55,6 +55,8 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     for noisy in ("kafka", "urllib3", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kafka-python 3 warns whenever its event loop is busy for >100 ms, which our batch commits make routine
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 def _raw(record: Any) -> RawRecord:
