@@ -1,0 +1,50 @@
+"""Operations, scheduled by Airflow: speed-layer health (fails loudly past the profile's thresholds) and serving accuracy."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+
+from airflow.exceptions import AirflowFailException
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lambdaflow.config import load_settings  # noqa: E402
+
+PROFILE = load_settings().profile
+
+
+def speed_health() -> dict:
+    from speed_layer.health import check
+
+    health = check(load_settings())
+    if health.problems:
+        # a crossed threshold is a failed task, not a retry: someone has to look
+        raise AirflowFailException("speed layer unhealthy: " + "; ".join(health.problems))
+    return health.as_dict()
+
+
+def serving_accuracy() -> list[dict]:
+    from serving_layer.engine import open_session
+
+    rows = open_session(load_settings()).query('SELECT * FROM "model_performance" ORDER BY "model_version"')
+    return [{k: (float(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows.to_pylist()]
+
+
+with DAG(
+    dag_id="lambdaflow_maintenance",
+    description="Speed-layer health and serving accuracy per model version",
+    schedule=PROFILE.airflow.health_schedule,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["lambdaflow", "operations"],
+    default_args={"retries": 0, "execution_timeout": dt.timedelta(minutes=10), "pool": PROFILE.airflow.pool},
+) as dag:
+    health = PythonOperator(task_id="speed_health", python_callable=speed_health)
+    accuracy = PythonOperator(task_id="serving_accuracy", python_callable=serving_accuracy)
+    health >> accuracy
