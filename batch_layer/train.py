@@ -50,6 +50,7 @@ class TrainReport:
     watermark: int
     plot: str
     seconds: float = 0.0
+    skipped: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -163,6 +164,10 @@ def train(
     if not table.exists():
         raise TableMissingError(f"{table.uri} does not exist: run `lambdaflow batch training-set` first")
     snap = table.snapshot()
+    training_key = f"{snap.version}:{registry.params_fingerprint(spec)}"
+    done = registry.find_version(settings, "training_key", training_key)
+    if done is not None and not shuffle_labels:  # this training set was already trained with these parameters
+        return _already_trained(settings, done, started)
     commit = next((c for c in table.history() if c.get("version") == snap.version), {})
     watermark = int(commit.get(WATERMARK_KEY, -1))
     frame = snap.to_spark(spark)
@@ -222,7 +227,7 @@ def train(
         plot_path = Path(tmp) / "evaluation.png"
         _plot(plot_path, y, scores, booster, ff.names, f"{settings.pipeline.name}: holdout ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}")
         c.log_artifact(run_id, str(plot_path), "plots")
-        version = registry.register(settings, run_id, booster_path, ff.names, watermark, metrics)
+        version = registry.register(settings, run_id, booster_path, ff.names, watermark, metrics, extra_tags={"training_key": training_key} if not shuffle_labels else None)
         plots_dir = _plots_dir(settings)
         kept = plots_dir / f"evaluation-v{version}.png"
         kept.write_bytes(plot_path.read_bytes())
@@ -233,6 +238,18 @@ def train(
     return TrainReport(
         run_id, version, promoted, reason, metrics, champion_metrics, baseline, train_rows, len(y),
         float(y.mean()), watermark, str(kept), round(time.monotonic() - started, 2),
+    )
+
+
+def _already_trained(settings: Settings, version: Any, started: float) -> TrainReport:
+    tags = version.tags
+    metrics = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
+    champion = registry.champion_version(settings)
+    return TrainReport(
+        version.run_id, int(version.version), champion == int(version.version),
+        f"training set already trained as v{version.version}: nothing to do", metrics, None, {}, 0, 0, float("nan"),
+        int(tags.get("watermark", -1)), str(_plots_dir(settings) / f"evaluation-v{version.version}.png"),
+        round(time.monotonic() - started, 2), skipped=True,
     )
 
 

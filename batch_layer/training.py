@@ -28,7 +28,7 @@ from lambdaflow.features import FeatureFunction
 from lambdaflow.master import events_table
 from lambdaflow.paths import MASTER_LABELS, TRAINING_SET, table_uri
 from lambdaflow.schemas import INGEST_SEQ, arrow_type
-from lambdaflow.tables import Table, TableMissingError
+from lambdaflow.tables import Table, TableMissingError, Txn
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -148,13 +148,25 @@ def build_training_set(
     ff = FeatureFunction(settings.pipeline)
     table.create(training_schema(ff, settings), name="training_set")
     metadata = {CUTOFF_KEY: cutoff.isoformat(), WATERMARK_KEY: watermark, MASTER_VERSION_KEY: snap.version}
-    result = table.write_spark(rows, "overwrite", metadata=metadata, operation="training-set")
+    # built once per (definition, master version, cut-off): a rerun of the task leaves the table as it is
+    txn = Txn(f"training-set/{definition_fingerprint(settings)}/{cutoff.isoformat()}", snap.version)
+    result = table.write_spark(rows, "overwrite", metadata=metadata, operation="training-set", txn=txn)
     written = table.snapshot(result.version)
     label_counts = written.to_arrow(columns=[LABEL]).column(LABEL)
     return TrainingSetReport(
         snap.version, watermark, cutoff.isoformat(), written.num_records, int(pc.sum(label_counts).as_py() or 0),
         result.version, round(time.monotonic() - started, 2),
     )
+
+
+def definition_fingerprint(settings: Settings) -> str:
+    """A short hash of everything a training set depends on besides the data."""
+    import hashlib
+
+    p = settings.pipeline
+    text = "|".join(m.model_dump_json() if m is not None else "" for m in (p.events, p.labels)) + "|" + "|".join(f.model_dump_json() for f in p.features)
+    text += "|" + "|".join(v.model_dump_json() for v in p.views)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def report_dict(report: TrainingSetReport) -> dict:

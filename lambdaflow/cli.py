@@ -317,6 +317,31 @@ def batch_train(
 
 
 @app.command()
+def maintain(
+    retention_hours: Annotated[int, typer.Option(help="Keep files needed by versions newer than this (vacuum).")] = 168,
+    compact: Annotated[bool, typer.Option(help="Merge small files first.")] = True,
+) -> None:
+    """Compact, checkpoint and vacuum every table (safe while the speed layer runs)."""
+    from batch_layer.cycle import maintain as run_maintain
+
+    if retention_hours < 1:
+        raise typer.BadParameter("readers may still use files of recent versions: keep at least 1 hour", param_hint="--retention-hours")
+    for name, result in run_maintain(state.settings(), retention_hours, compact).items():
+        console.print(f"{name:<30} {result}")
+
+
+@app.command()
+def health() -> None:
+    """Speed-layer health against the profile's thresholds; exit 1 when one is crossed."""
+    from speed_layer.health import check
+
+    report = check(state.settings())
+    console.print_json(json.dumps(report.as_dict(), default=str))
+    if report.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="One SQL statement in Trino's dialect, e.g. 'SELECT * FROM unified_account_profile LIMIT 5'.")],
     engine: Annotated[Optional[str], typer.Option(help="duckdb (embedded) or trino (default: the profile's sql_engine).")] = None,

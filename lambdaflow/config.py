@@ -431,10 +431,21 @@ class ServingConfig(StrictModel):
         return None if value == "" else value
 
 
+class HealthConfig(StrictModel):
+    """Thresholds of the speed-layer health check (`lambdaflow_maintenance` DAG)."""
+
+    max_lag_records: int = Field(default=100_000, ge=0)
+    max_staleness: int = Field(default=900, description="Seconds since the newest ingest ('15m').")
+    max_quarantine_rate: float = Field(default=0.05, ge=0, le=1)
+
+    _staleness = field_validator("max_staleness", mode="before")(_duration)
+
+
 class AirflowConfig(StrictModel):
     """Scheduling of the batch cycle."""
 
     schedule: str | None = "@hourly"
+    health_schedule: str | None = "*/15 * * * *"
     retries: int = Field(default=2, ge=0)
     retry_delay: int = 60
     task_timeout: int = 3600
@@ -454,6 +465,7 @@ class ProfileConfig(StrictModel):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
 
 

@@ -148,6 +148,7 @@ def register(
     features: list[str],
     watermark: int,
     metrics: dict[str, float],
+    extra_tags: dict[str, str] | None = None,
 ) -> int:
     """Log the booster to the run and register it as a new model version.
 
@@ -166,6 +167,7 @@ def register(
     source = f"{c.get_run(run_id).info.artifact_uri}/model"
     tags = {"sha256": checksum, "features": json.dumps(features), "watermark": str(watermark)}
     tags.update({f"metric.{k}": f"{v:.6f}" for k, v in metrics.items()})
+    tags.update(extra_tags or {})
     mv = c.create_model_version(name, source, run_id, tags=tags)
     c.log_param(run_id, "model_sha256", checksum)
     return int(mv.version)
@@ -174,3 +176,18 @@ def register(
 def promote(settings: Settings, version: int) -> None:
     """Point the champion alias at ``version``."""
     client(settings).set_registered_model_alias(model_name(settings), CHAMPION, str(version))
+
+
+def params_fingerprint(model: Any) -> str:
+    """A short hash of the model section (parameters, rounds, split, promotion rule)."""
+    return hashlib.sha256(model.model_dump_json().encode()).hexdigest()[:12]
+
+
+def find_version(settings: Settings, tag: str, value: str) -> Any | None:
+    """The newest registered version carrying ``tag == value``, or None."""
+    c = client(settings)
+    name = model_name(settings)
+    if not c.search_registered_models(filter_string=f"name = '{name}'"):
+        return None
+    found = [mv for mv in c.search_model_versions(f"name = '{name}'") if mv.tags.get(tag) == value]
+    return max(found, key=lambda mv: int(mv.version)) if found else None
