@@ -18,11 +18,12 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from lambdaflow.config import Settings
+from lambdaflow.faults import crash_point
 from lambdaflow.master import events_table
 from lambdaflow.paths import batch_view, table_uri
 from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ, KAFKA_OFFSET, KAFKA_PARTITION
@@ -118,29 +119,40 @@ def recompute_views(
     try:
         n_unique = unique.count()
         report = BatchViewsReport(snap.version, watermark, n_unique, int(stats["n"]) - n_unique)
-        for view in chosen:
-            report.views[view.name] = _publish(settings, view, unique, snap.version, watermark, force)
+        # Phase 1, the slow part: Spark computes and writes every view's files, none committed yet.
+        # A job killed here leaves every published view untouched (vacuum removes the orphans).
+        staged = [_stage(settings, view, unique, snap.version, watermark, force) for view in chosen]
+        crash_point("batch-views:staged")
+        # Phase 2, milliseconds: one commit per view.
+        for view, (table, files, txn, skipped) in zip(chosen, staged):
+            report.views[view.name] = _commit(table, files, txn, skipped, snap.version, watermark, view)
     finally:
         unique.unpersist()
     report.seconds = round(time.monotonic() - started, 3)
     return report
 
 
-def _publish(settings: Settings, view: CompiledView, events: DataFrame, master_version: int, watermark: int, force: bool) -> ViewResult:
+def _stage(
+    settings: Settings, view: CompiledView, events: DataFrame, master_version: int, watermark: int, force: bool
+) -> tuple[Table, list[Any], Txn | None, bool]:
     from pyspark.sql import functions as F
 
     table = Table(table_uri(settings.profile, batch_view(view.name)))
-    schema = batch_table_schema(view)
-    table.create(schema, name=f"batch_{view.name}", description=f"batch view {view.name} ({fingerprint(view)})")
+    table.create(batch_table_schema(view), name=f"batch_{view.name}", description=f"batch view {view.name} ({fingerprint(view)})")
     txn = None if force else Txn(f"{OPERATION}/{view.name}/{fingerprint(view)}", master_version)
+    done = txn is not None and (table.txn_version(txn.app_id) or -1) >= txn.version
+    if done:
+        return table, [], txn, True
     partials = view.partials_spark(events).withColumn(BATCH_WATERMARK, F.lit(watermark).cast("bigint"))
-    result = table.write_spark(
-        partials,
-        "overwrite",
-        txn=txn,
-        metadata={WATERMARK_KEY: watermark, MASTER_VERSION_KEY: master_version, "lambdaflow.view_fingerprint": fingerprint(view)},
-        operation=OPERATION,
-    )
+    return table, table.stage_spark(partials), txn, False
+
+
+def _commit(table: Table, files: list[Any], txn: Txn | None, skipped: bool, master_version: int, watermark: int, view: CompiledView) -> ViewResult:
+    if skipped:
+        version = table.version()
+        return ViewResult(version, table.snapshot(version).num_records, True)
+    metadata = {WATERMARK_KEY: watermark, MASTER_VERSION_KEY: master_version, "lambdaflow.view_fingerprint": fingerprint(view)}
+    result = table.commit_files(files, "overwrite", txn=txn, metadata=metadata, operation=OPERATION)
     return ViewResult(result.version, table.snapshot(result.version).num_records, result.skipped)
 
 

@@ -715,15 +715,26 @@ class Table:
         metadata: Mapping[str, Any] | None = None,
         operation: str | None = None,
     ) -> CommitResult:
-        """Write a Spark DataFrame: executors write Parquet, the driver commits.
-
-        Spark's output is staged under ``_staging/<id>/``, moved into the
-        table's partition directories, described from the Parquet footers and
-        committed in one transaction (see :meth:`commit_files`).
-        """
+        """Write a Spark DataFrame: executors write Parquet, the driver commits (see :meth:`stage_spark`)."""
         delta = self._delta()
         if _already_committed(delta, txn):
             return CommitResult(delta.version(), skipped=True)
+        files = self.stage_spark(frame, delta)
+        try:
+            return self.commit_files(files, mode, partitions=partitions, txn=txn, metadata=metadata, operation=operation, _delta=delta)
+        except TableError:
+            self._delete_quietly(files)
+            raise
+
+    def stage_spark(self, frame: DataFrame, delta: DeltaTable | None = None) -> list[DataFile]:
+        """Write a Spark DataFrame as data files of this table, not yet committed.
+
+        Spark's output is staged under ``_staging/<id>/``, then moved into the
+        table's partition directories and described from the Parquet footers.
+        Until :meth:`commit_files` they are invisible to readers; if the job dies
+        first, vacuum removes them.
+        """
+        delta = delta or self._delta()
         schema, partition_by = _layout(delta)
         stage_rel = f"{STAGING_DIR}/{uuid.uuid4().hex}"
         ordered = frame.select(*[f"`{c}`" for c in schema.names])
@@ -740,15 +751,14 @@ class Table:
                     self._fs.create_dir(self._abs(target_dir), recursive=True)
                 self._fs.move(self._abs(rel), self._abs(target))
                 files.append(self._describe(target, partition_by))
-            return self.commit_files(
-                files, mode, partitions=partitions, txn=txn, metadata=metadata, operation=operation, _delta=delta
-            )
-        except TableError:
+        except Exception:
             self._delete_quietly(files)
             raise
         finally:
             self._fs.delete_dir_contents(self._abs(stage_rel), missing_dir_ok=True)
-            self._fs.delete_dir(self._abs(stage_rel)) if self._exists(stage_rel) else None
+            if self._exists(stage_rel):
+                self._fs.delete_dir(self._abs(stage_rel))
+        return files
 
     def _exists(self, rel: str) -> bool:
         return self._fs.get_file_info(self._abs(rel)).type != pafs.FileType.NotFound

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdaflow.config import Settings
+from lambdaflow.faults import crash_point
 from lambdaflow.features import FeatureFunction
 from lambdaflow.master import to_label_rows, to_master_rows
 from lambdaflow.schemas import INGEST_SEQ
@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 SEQ_KEY = "lambdaflow.seq"
 OFFSETS_END_KEY = "lambdaflow.offsets.end"  # next offset per topic/partition, cumulative
 OFFSETS_START_KEY = "lambdaflow.offsets.start"  # first offset of this batch per topic/partition
-#: Set to "<table>:<seq>" to make the process die right after that commit (crash tests only).
-CRASH_AFTER_ENV = "LAMBDAFLOW_CRASH_AFTER"
 Offsets = dict[str, dict[str, int]]  # topic -> partition (as text, for JSON) -> offset
 
 
@@ -157,8 +155,7 @@ class SpeedPipeline:
     def _commit(self, name: str, seq: int, commit: Callable[[], Any], skipped: list[str]) -> None:
         if commit().skipped:
             skipped.append(name)
-        if os.environ.get(CRASH_AFTER_ENV) == f"{name}:{seq}":  # fault injection for the crash tests
-            os._exit(137)
+        crash_point(f"after:{name}:{seq}")  # fault injection for the crash tests
 
     # ------------------------------------------------------------------ recovery
 

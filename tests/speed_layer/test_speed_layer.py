@@ -20,7 +20,8 @@ from lambdaflow import producer, registry, services
 from lambdaflow.features import FeatureFunction
 from lambdaflow.sample_data import generate
 from lambdaflow.schemas import INGEST_SEQ
-from speed_layer.microbatch import CRASH_AFTER_ENV, app_id
+from lambdaflow.faults import CRASH_AT_ENV
+from speed_layer.microbatch import app_id
 from speed_layer.outputs import SpeedTables
 from speed_layer.runner import SpeedLayer
 from tests.conftest import ROOT
@@ -42,7 +43,7 @@ def send(env: SpeedEnv, events: pa.Table, labels: pa.Table | None = None) -> Non
 def start(env: SpeedEnv, *extra: str, crash_after: str | None = None) -> subprocess.Popen[str]:
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     if crash_after:
-        environment[CRASH_AFTER_ENV] = crash_after
+        environment[CRASH_AT_ENV] = f"after:{crash_after}"
     return subprocess.Popen([*SPEED, *env.cli_args, *extra], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
