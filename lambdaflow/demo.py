@@ -3,7 +3,8 @@
 1. start the embedded Kafka-compatible broker;
 2. produce a month of sample card transactions and their late chargebacks;
 3. run the speed layer over it (exactly-once appends, quarantine, real-time views; no model yet);
-4. run the batch cycle: recompute batch views, build the training set, train and promote a champion;
+4. run the batch cycle as one Airflow DAG run (``airflow dags test lambdaflow_batch``, SQLite metadata
+   DB under the storage root): batch views, training set, train and promote a champion, expire;
 5. stream a day of live events (with a few malformed records) — now scored by the champion;
 6. query the unified views, run ``verify``, and print a report; stop what the demo started.
 """
@@ -14,6 +15,7 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -84,25 +86,40 @@ class Demo:
         return results
 
     def batch_cycle(self) -> None:
-        from batch_layer.train import train
-        from batch_layer.training import build_training_set
-        from batch_layer.views import expire_speed_rows, recompute_views
-        from lambdaflow.spark import get_spark
+        """One run of the `lambdaflow_batch` DAG through Airflow (SQLite metadata DB under the storage root)."""
+        import re
 
-        with console.status("  starting Spark…"):
-            spark = get_spark(self.settings.profile.spark, app_name="lambdaflow-demo")
-        with console.status("  recomputing batch views…"):
-            views = recompute_views(self.settings, spark)
-        console.print(f"  batch views at watermark W={views.watermark} from {views.events:,} events")
-        with console.status("  building the point-in-time training set…"):
-            ts = build_training_set(self.settings, spark)
-        console.print(f"  training set: {ts.rows:,} events, {ts.positives:,} fraudulent")
-        with console.status("  training XGBoost (xgboost.spark) and evaluating on the latest days…"):
-            model = train(self.settings, spark)
-        expire_speed_rows(self.settings)
-        spark.stop()
-        console.print(f"  model v{model.version}: ROC-AUC {model.metrics['roc_auc']:.3f}, PR-AUC {model.metrics['pr_auc']:.3f} (fraud rate {model.fraud_rate:.2%}); {model.reason}")
-        self.report.update(watermark=views.watermark, model=model)
+        from batch_layer.views import WATERMARK_KEY
+        from lambdaflow import airflow_local, registry
+        from lambdaflow.paths import batch_view, table_uri
+        from lambdaflow.tables import Table
+
+        env = airflow_local.airflow_env(self.settings)
+        with console.status("  preparing the Airflow metadata DB…"):
+            airflow_local.migrate(env)
+        started = re.compile(r"\[DAG TEST\] starting task_id=(\w+)")
+        ended = re.compile(r"\[DAG TEST\] end task task_id=(\w+)")
+        with console.status("  airflow dags test lambdaflow_batch …") as status:
+            def follow(line: str) -> None:
+                if m := started.search(line):
+                    status.update(f"  airflow: running [bold]{m.group(1)}[/] …")
+                elif m := ended.search(line):
+                    console.print(f"  [green]✓[/] {m.group(1)}")
+                elif "new_state=up_for_retry" in line:
+                    console.print("  [yellow]↻[/] a task failed and will be retried")
+
+            ok, lines = airflow_local.test_dag(env, "lambdaflow_batch", follow)
+        if not ok:
+            console.print("".join(lines[-40:]))
+            raise RuntimeError("the batch DAG run failed (its log is above)")
+        first_view = next(iter(self.settings.pipeline.view_by_name))
+        commit = next(c for c in Table(table_uri(self.settings.profile, batch_view(first_view))).history() if WATERMARK_KEY in c)
+        version = registry.champion_version(self.settings)
+        tags = registry.client(self.settings).get_model_version(registry.model_name(self.settings), str(version)).tags
+        metrics = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
+        plot = Path(self.settings.profile.storage.uri.removeprefix("file://")) / "plots" / f"evaluation-v{version}.png"
+        console.print(f"  champion v{version}: ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}")
+        self.report.update(watermark=int(commit[WATERMARK_KEY]), model={"version": version, "metrics": metrics, "plot": str(plot)})
 
     def queries(self) -> None:
         from serving_layer.engine import open_session
@@ -149,7 +166,7 @@ class Demo:
             )
             self.stage("   … produced to Kafka with their chargebacks", lambda: self.produce(history))
             self.stage("3. speed layer over the history (no model yet: events kept, predictions unscored)", lambda: self.speed(history.events.num_rows + history.labels.num_rows))
-            self.stage("4. batch cycle: batch views → training set → XGBoost → champion", self.batch_cycle)
+            self.stage("4. batch cycle through Airflow: views → training set → XGBoost → champion → expiry", self.batch_cycle)
             end = history.events["event_time"][-1].as_py()
             live = sample_data.generate(self.live_events, 1.0, seed=8, start=end + dt.timedelta(seconds=1))
             self.stage(f"5. live: {self.live_events:,} fresh events, a few malformed", lambda: self.produce(live, junk=40))
@@ -172,9 +189,10 @@ class Demo:
         table.add_row("quarantined", f"{r.get('quarantined', 0):,} (malformed records, with reasons)")
         table.add_row("batch watermark W", str(r.get("watermark")))
         if model is not None:
-            table.add_row("champion model", f"v{model.version}: ROC-AUC {model.metrics['roc_auc']:.3f}, PR-AUC {model.metrics['pr_auc']:.3f}, "
-                          f"precision {model.metrics['precision_at_threshold']:.2f} / recall {model.metrics['recall_at_threshold']:.2f} at the alert threshold")
-            table.add_row("evaluation plot", model.plot)
+            m = model["metrics"]
+            table.add_row("champion model", f"v{model['version']}: ROC-AUC {m['roc_auc']:.3f}, PR-AUC {m['pr_auc']:.3f}, "
+                          f"precision {m['precision_at_threshold']:.2f} / recall {m['recall_at_threshold']:.2f} at the alert threshold")
+            table.add_row("evaluation plot", model["plot"])
         if r.get("freshness_s") is not None:
             table.add_row("freshness", f"newest event ingested {r['freshness_s']:.0f}s ago")
         table.add_row("verify", r.get("verify", "not run"))
