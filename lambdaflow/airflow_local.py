@@ -38,6 +38,7 @@ def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
     }
     if port is not None:
         env["AIRFLOW__API__PORT"] = str(port)
+        env["AIRFLOW__API__HOST"] = "127.0.0.1"  # the UI stays on loopback
         env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
     return env
 

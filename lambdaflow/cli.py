@@ -152,6 +152,8 @@ def produce(
     topic: Annotated[Optional[str], typer.Option(help="Target topic (default: the pipeline's source topic).")] = None,
     labels: Annotated[bool, typer.Option(help="Also send the sample's chargebacks to the label topic.")] = True,
     rate: Annotated[Optional[float], typer.Option(help="Records per second to stay under (default: as fast as possible).")] = None,
+    start: Annotated[Optional[str], typer.Option(help="First sample event time: ISO time or 'now' (default: 2026-01-01).")] = None,
+    follow: Annotated[bool, typer.Option(help="Keep producing fresh events at --rate (default 50/s) until interrupted.")] = False,
 ) -> None:
     """Send sample events (and their late chargebacks), or replay a file, keyed by the partition key."""
     from lambdaflow import producer, sample_data, services
@@ -161,6 +163,9 @@ def produce(
     bootstrap = services.bootstrap_servers(s.profile)
     target = topic or s.pipeline.source.topic
     streams: list[producer.Stream] = []
+    if follow:
+        _produce_forever(s, bootstrap, target, labels, rate or 50.0, seed)
+        return
     if file is not None:
         rows = producer.in_time_order(producer.read_file(file), events_spec.time_column)
         streams.append(producer.Stream(target, rows, events_spec.partition_key, events_spec.time_column))
@@ -171,8 +176,15 @@ def produce(
                 f"the sample generator makes card transactions; this pipeline's events also need {sorted(missing)}: "
                 "replay your data with --file", param_hint="--events"
             )
+        import datetime as dt
+
+        first = sample_data.DEFAULT_START
+        if start == "now":
+            first = dt.datetime.now(dt.timezone.utc)
+        elif start:
+            first = dt.datetime.fromisoformat(start).astimezone(dt.timezone.utc)
         with console.status(f"generating {events:,} events over {days:g} days…"):
-            sample = sample_data.generate(events, days, seed)
+            sample = sample_data.generate(events, days, seed, start=first)
         console.print(f"generated {events:,} events, fraud rate {sample.fraud_rate:.2%}, {sample.labels.num_rows:,} chargebacks")
         streams.append(producer.Stream(target, sample.events, events_spec.partition_key, events_spec.time_column))
         if labels and s.pipeline.labels is not None:
@@ -188,6 +200,32 @@ def produce(
     for name, n in report.sent.items():
         console.print(f"[green]sent[/] {n:,} records to [bold]{name}[/]")
     console.print(f"{report.total:,} records acknowledged in {report.seconds:.1f}s ({report.total / max(report.seconds, 1e-9):,.0f}/s)")
+
+
+def _produce_forever(s: Settings, bootstrap: list[str], target: str, labels: bool, rate: float, seed: int) -> None:
+    import datetime as dt
+    import signal
+
+    from lambdaflow import producer, sample_data, services
+
+    ev = s.pipeline.events
+    services.ensure_topic(bootstrap, target, s.pipeline.source.partitions)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+
+    def slice_of(n: int, start: dt.datetime, chunk: int) -> list[producer.Stream]:
+        sample = sample_data.generate(n, days=10 / 86400, seed=seed + chunk, start=start, accounts=2000)
+        out = [producer.Stream(target, sample.events, ev.partition_key, ev.time_column)]
+        if labels and s.pipeline.labels is not None and sample.labels.num_rows:
+            out.append(producer.Stream(s.pipeline.labels.topic, sample.labels, ev.partition_key, s.pipeline.labels.time_column))
+        return out
+
+    console.print(f"producing about {rate:g} fresh events per second to {target} (Ctrl-C to stop)")
+    try:
+        sent = producer.produce_live(bootstrap, slice_of, rate, should_stop=lambda: stop["now"])
+    except KeyboardInterrupt:
+        sent = None
+    console.print(f"stopped{'' if sent is None else f' after {sent:,} records'}")
 
 
 # --------------------------------------------------------------------------- tables
@@ -314,6 +352,33 @@ def batch_train(
     console.print(table)
     console.print(("[green]promoted[/] " if report.promoted else "[yellow]not promoted[/] ") + report.reason)
     console.print(f"plot: {report.plot}   MLflow run: {report.run_id}   ({report.train_rows:,} training events, {report.seconds:.1f}s)")
+
+
+@app.command()
+def up(
+    airflow_port: Annotated[int, typer.Option(help="Loopback port of the Airflow UI.")] = 8280,
+    rate: Annotated[float, typer.Option(help="Sample events per second of the steady producer.")] = 50.0,
+) -> None:
+    """Start the local stack: broker, speed layer, Airflow (UI), REST API and a steady sample producer."""
+    from lambdaflow import stack
+
+    with console.status("starting the local stack (Airflow takes a minute)…"):
+        info = stack.up(state.settings(), airflow_port, rate)
+    table = RichTable(title="Lambdaflow is up", show_header=False)
+    for label, value in (("Kafka broker", info.broker), ("REST API", f"{info.api}/docs"), ("Airflow UI", info.airflow),
+                         ("Airflow login", info.airflow_login), ("speed metrics", info.metrics), ("logs", info.logs)):
+        table.add_row(label, value)
+    console.print(table)
+    console.print("stop everything with [bold]lambdaflow down[/]")
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly the processes `lambdaflow up` (or `services up`) started."""
+    from lambdaflow import stack
+
+    stopped = stack.down(state.settings())
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
 @app.command()

@@ -203,3 +203,29 @@ def produce(
             f"{report.failed} of {report.total} records were not acknowledged by the broker; first errors: {report.errors}"
         )
     return report
+
+
+def produce_live(
+    bootstrap: list[str],
+    make_streams: Callable[[int, "dt.datetime", int], list[Stream]],
+    rate: float,
+    chunk_seconds: float = 10.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Keep producing fresh events at ``rate`` per second, one ``chunk_seconds`` slice at a time, until stopped.
+
+    Args:
+        make_streams: (events, start time, chunk number) → the streams of one slice.
+
+    Returns:
+        How many records were sent.
+    """
+    sent, chunk = 0, 0
+    while not should_stop():
+        started = time.monotonic()
+        n = max(1, int(rate * chunk_seconds))
+        streams = make_streams(n, dt.datetime.now(dt.timezone.utc), chunk)
+        sent += produce(bootstrap, streams, rate=rate * 1.05).total
+        chunk += 1
+        time.sleep(max(0.0, chunk_seconds - (time.monotonic() - started)))
+    return sent

@@ -48,6 +48,7 @@ class ServiceRecord:
     log: str
     started_at: float
     storage: str = ""
+    start_ticks: int = 0  # kernel start time of the PID: tells a reused PID apart
 
 
 def state_dir(profile: ProfileConfig) -> Path:
@@ -77,9 +78,24 @@ def _write_state(profile: ProfileConfig, state: dict[str, ServiceRecord]) -> Non
     tmp.replace(path)
 
 
-def is_running(record: ServiceRecord) -> bool:
-    """True when the PID is alive and still runs the recorded command (PIDs get reused)."""
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
     try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[19]) if fields[0] != "Z" else None  # a zombie is not running
+
+
+def is_running(record: ServiceRecord) -> bool:
+    """True when the PID is alive and is still the process we started (PIDs get reused)."""
+    ticks = _start_ticks(record.pid)
+    if ticks is None:
+        return False
+    if record.start_ticks:
+        return ticks == record.start_ticks
+    try:  # records without a start time: compare the command line
         cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
@@ -142,7 +158,7 @@ def _start_moto(profile: ProfileConfig) -> ServiceRecord:
     import boto3
 
     boto3.client("s3", endpoint_url=endpoint, **_boto_credentials()).create_bucket(Bucket=_MOTO_BUCKET)
-    return ServiceRecord("moto", proc.pid, endpoint, cmd, str(log), time.time())
+    return ServiceRecord("moto", proc.pid, endpoint, cmd, str(log), time.time(), start_ticks=_start_ticks(proc.pid) or 0)
 
 
 def _boto_credentials() -> dict[str, str]:
@@ -174,7 +190,7 @@ def _start_broker(profile: ProfileConfig, kafka: EmbeddedKafka, moto: ServiceRec
     ]
     proc = _spawn("broker", cmd, log, env)
     _wait_for_port(port, 30, proc, log)
-    record = ServiceRecord("broker", proc.pid, address, cmd, str(log), time.time(), storage)
+    record = ServiceRecord("broker", proc.pid, address, cmd, str(log), time.time(), storage, _start_ticks(proc.pid) or 0)
     _wait_for_kafka(address, 30)
     return record
 
@@ -237,13 +253,19 @@ def restart_broker(profile: ProfileConfig) -> ServiceRecord:
 def _stop(record: ServiceRecord, timeout: float = 10) -> bool:
     if not is_running(record):
         return False
-    os.kill(record.pid, signal.SIGTERM)
+    try:
+        os.killpg(record.pid, signal.SIGTERM)  # the whole session: airflow standalone has children
+    except (ProcessLookupError, PermissionError):
+        os.kill(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and is_running(record):
         _reap(record.pid)
         time.sleep(0.1)
     if is_running(record):
-        os.kill(record.pid, signal.SIGKILL)
+        try:
+            os.killpg(record.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            os.kill(record.pid, signal.SIGKILL)
     _reap(record.pid)
     return True
 
@@ -255,14 +277,40 @@ def _reap(pid: int) -> None:
         pass
 
 
+def start_process(
+    profile: ProfileConfig, name: str, cmd: list[str], env: dict[str, str] | None = None, address: str = "", port: int | None = None, wait: float = 60
+) -> ServiceRecord:
+    """Start a long-running process of the local stack, log to ``services/<name>.log`` and record it for ``down``.
+
+    Raises:
+        ServiceError: it exits while starting, or ``port`` does not open within ``wait`` seconds.
+    """
+    state = {k: v for k, v in read_state(profile).items() if is_running(v)}
+    if name in state:
+        return state[name]
+    log = state_dir(profile) / f"{name}.log"
+    proc = _spawn(name, cmd, log, env)
+    if port is not None:
+        _wait_for_port(port, wait, proc, log)
+    else:
+        time.sleep(1)
+        if proc.poll() is not None:
+            raise ServiceError(f"{name} exited with {proc.returncode} while starting; see {log}:\n{_tail(log)}")
+    record = ServiceRecord(name, proc.pid, address, list(cmd), str(log), time.time(), start_ticks=_start_ticks(proc.pid) or 0)
+    state[name] = record
+    _write_state(profile, state)
+    return record
+
+
 def down(profile: ProfileConfig) -> list[str]:
-    """Stop the services this storage root's ``up`` started, and only those.
+    """Stop the services this storage root's ``up`` started, and only those (clients first, broker last).
 
     Returns:
         Names of the services that were stopped.
     """
     state = read_state(profile)
-    stopped = [name for name in ("broker", "moto") if name in state and _stop(state[name])]
+    order = [n for n in state if n not in ("broker", "moto")] + [n for n in ("broker", "moto") if n in state]
+    stopped = [name for name in order if _stop(state[name], timeout=30 if name == "airflow" else 10)]
     _state_file(profile).unlink(missing_ok=True)
     return stopped
 
