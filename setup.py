@@ -41,6 +41,9 @@ DEV_REQUIRES = [
     "pytest>=8",
     "hypothesis>=6.100",
     "httpx",  # FastAPI TestClient
+    "nbclient",  # runs the notebooks in tests
+    "nbformat",
+    "ipykernel",
 ]
 
 setup(
