@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from batch_layer.training import CUTOFF_KEY, LABEL, WATERMARK_KEY
-from lambdaflow import registry
+from lambdaflow import registry, storage
 from lambdaflow.config import ModelSpec, Settings
 from lambdaflow.features import FeatureFunction
 from lambdaflow.paths import TRAINING_SET, table_uri
@@ -228,9 +228,9 @@ def train(
         _plot(plot_path, y, scores, booster, ff.names, f"{settings.pipeline.name}: holdout ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}")
         c.log_artifact(run_id, str(plot_path), "plots")
         version = registry.register(settings, run_id, booster_path, ff.names, watermark, metrics, extra_tags={"training_key": training_key} if not shuffle_labels else None)
-        plots_dir = _plots_dir(settings)
-        kept = plots_dir / f"evaluation-v{version}.png"
-        kept.write_bytes(plot_path.read_bytes())
+        store = storage.files(settings.profile)
+        store.write_bytes(f"plots/evaluation-v{version}.png", plot_path.read_bytes())
+        kept = _plot_location(settings, version)
     if promoted:
         registry.promote(settings, version)
     c.set_tag(run_id, "promotion", reason)
@@ -248,14 +248,12 @@ def _already_trained(settings: Settings, version: Any, started: float) -> TrainR
     return TrainReport(
         version.run_id, int(version.version), champion == int(version.version),
         f"training set already trained as v{version.version}: nothing to do", metrics, None, {}, 0, 0, float("nan"),
-        int(tags.get("watermark", -1)), str(_plots_dir(settings) / f"evaluation-v{version.version}.png"),
+        int(tags.get("watermark", -1)), str(_plot_location(settings, int(version.version))),
         round(time.monotonic() - started, 2), skipped=True,
     )
 
 
-def _plots_dir(settings: Settings) -> Path:
-    root = settings.profile.storage.uri
-    base = Path(root.removeprefix("file://")) if root.startswith("file://") else Path(tempfile.gettempdir()) / "lambdaflow"
-    path = base / "plots"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _plot_location(settings: Settings, version: int) -> str:
+    """Where a model's evaluation plot is kept: a local path, or an hdfs:// URI."""
+    uri = storage.files(settings.profile).uri(f"plots/evaluation-v{version}.png")
+    return uri.removeprefix("file://")
