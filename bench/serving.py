@@ -64,7 +64,7 @@ def timed(fn, n: int) -> list[float]:
 
 
 def prepare(settings, spark, size: int) -> list[str]:
-    sample = generate(size, days=30, seed=2, accounts=max(100_000, size // 40)).events
+    sample = generate(size, days=30, seed=2, accounts=max(140_000, size // 40)).events  # ≥ 100k accounts with events
     master = events_table(settings)
     speed = SpeedTables(settings)
     views = compile_views(settings.pipeline)

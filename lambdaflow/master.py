@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from lambdaflow.config import EventsSpec, LabelsSpec, Settings
 from lambdaflow.paths import MASTER_EVENTS, MASTER_LABELS, table_uri
-from lambdaflow.schemas import INGEST_SEQ, INGESTED_AT, KAFKA_OFFSET, KAFKA_PARTITION, fields_schema, master_schema
+from lambdaflow.schemas import INGEST_SEQ, INGESTED_AT, KAFKA_OFFSET, KAFKA_PARTITION, fields_schema, master_schema, with_ingest_fields
 from lambdaflow.tables import Table
 
 
@@ -23,6 +23,23 @@ def events_table(settings: Settings, create: bool = True) -> Table:
     return table
 
 
+def ingest_columns(
+    n: int,
+    seq: int,
+    kafka_partitions: pa.Array | None = None,
+    kafka_offsets: pa.Array | None = None,
+    ingested_at: dt.datetime | None = None,
+) -> dict[str, pa.Array]:
+    """The ingest-coordinate columns of ``n`` records of micro-batch ``seq``."""
+    when = ingested_at or dt.datetime.now(dt.timezone.utc)
+    return {
+        INGEST_SEQ: pa.array(np.full(n, seq, np.int64)),
+        KAFKA_PARTITION: kafka_partitions if kafka_partitions is not None else pa.nulls(n, pa.int32()),
+        KAFKA_OFFSET: kafka_offsets if kafka_offsets is not None else pa.nulls(n, pa.int64()),
+        INGESTED_AT: pa.array([when] * n, pa.timestamp("us", tz="UTC")),
+    }
+
+
 def to_master_rows(
     events: pa.Table,
     spec: EventsSpec,
@@ -32,27 +49,15 @@ def to_master_rows(
     ingested_at: dt.datetime | None = None,
 ) -> pa.Table:
     """Valid events as ``master/events`` rows of micro-batch ``seq``."""
-    n = events.num_rows
-    schema = master_schema(spec)
-    when = ingested_at or dt.datetime.now(dt.timezone.utc)
     columns = {name: events.column(name) for name in spec.fields}
-    columns[INGEST_SEQ] = pa.array(np.full(n, seq, np.int64))
-    columns[KAFKA_PARTITION] = kafka_partitions if kafka_partitions is not None else pa.nulls(n, pa.int32())
-    columns[KAFKA_OFFSET] = kafka_offsets if kafka_offsets is not None else pa.nulls(n, pa.int64())
-    columns[INGESTED_AT] = pa.array([when] * n, pa.timestamp("us", tz="UTC"))
+    columns.update(ingest_columns(events.num_rows, seq, kafka_partitions, kafka_offsets, ingested_at))
     columns[spec.date_partition] = pc.cast(pc.cast(events.column(spec.time_column), pa.timestamp("us", tz="UTC")), pa.date32())
-    return pa.table(columns).cast(schema)
+    return pa.table(columns).cast(master_schema(spec))
 
 
 def labels_schema(spec: LabelsSpec) -> pa.Schema:
     """Schema of ``master/labels``: the label record and its ingest coordinates."""
-    return (
-        fields_schema(spec.fields)
-        .append(pa.field(INGEST_SEQ, pa.int64(), False))
-        .append(pa.field(KAFKA_PARTITION, pa.int32(), True))
-        .append(pa.field(KAFKA_OFFSET, pa.int64(), True))
-        .append(pa.field(INGESTED_AT, pa.timestamp("us", tz="UTC"), True))
-    )
+    return with_ingest_fields(fields_schema(spec.fields))
 
 
 def labels_table(settings: Settings, create: bool = True) -> Table:
@@ -79,11 +84,6 @@ def to_label_rows(
     ingested_at: dt.datetime | None = None,
 ) -> pa.Table:
     """Valid label records as ``master/labels`` rows of micro-batch ``seq``."""
-    n = labels.num_rows
-    when = ingested_at or dt.datetime.now(dt.timezone.utc)
     columns = {name: labels.column(name) for name in spec.fields}
-    columns[INGEST_SEQ] = pa.array(np.full(n, seq, np.int64))
-    columns[KAFKA_PARTITION] = kafka_partitions if kafka_partitions is not None else pa.nulls(n, pa.int32())
-    columns[KAFKA_OFFSET] = kafka_offsets if kafka_offsets is not None else pa.nulls(n, pa.int64())
-    columns[INGESTED_AT] = pa.array([when] * n, pa.timestamp("us", tz="UTC"))
+    columns.update(ingest_columns(labels.num_rows, seq, kafka_partitions, kafka_offsets, ingested_at))
     return pa.table(columns).cast(labels_schema(spec))

@@ -48,10 +48,20 @@ def event_schema(events: EventsSpec) -> pa.Schema:
     return fields_schema(events.fields)
 
 
+#: The columns the speed layer adds to every record it ingests (master events and labels alike).
+INGEST_FIELDS: tuple[pa.Field, ...] = (
+    pa.field(INGEST_SEQ, pa.int64(), False),
+    pa.field(KAFKA_PARTITION, pa.int32(), True),
+    pa.field(KAFKA_OFFSET, pa.int64(), True),
+    pa.field(INGESTED_AT, pa.timestamp("us", tz="UTC"), True),
+)
+
+
+def with_ingest_fields(schema: pa.Schema) -> pa.Schema:
+    """A record schema followed by the ingest coordinates."""
+    return pa.schema([*schema, *INGEST_FIELDS])
+
+
 def master_schema(events: EventsSpec) -> pa.Schema:
     """Schema of ``master/events``: the event, its ingest coordinates and the date partition column."""
-    return event_schema(events).append(pa.field(INGEST_SEQ, pa.int64(), False)).append(
-        pa.field(KAFKA_PARTITION, pa.int32(), True)
-    ).append(pa.field(KAFKA_OFFSET, pa.int64(), True)).append(
-        pa.field(INGESTED_AT, pa.timestamp("us", tz="UTC"), True)
-    ).append(pa.field(events.date_partition, pa.date32(), False))
+    return with_ingest_fields(event_schema(events)).append(pa.field(events.date_partition, pa.date32(), False))

@@ -304,32 +304,30 @@ def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
+#: Arrow type predicates and the Spark DDL type each maps to (first match wins).
+_SPARK_TYPES: tuple[tuple[Any, str], ...] = (
+    (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "STRING"),
+    (pa.types.is_int64, "BIGINT"),
+    (pa.types.is_int32, "INT"),
+    (pa.types.is_int16, "SMALLINT"),
+    (pa.types.is_int8, "TINYINT"),
+    (pa.types.is_float64, "DOUBLE"),
+    (pa.types.is_float32, "FLOAT"),
+    (pa.types.is_boolean, "BOOLEAN"),
+    (lambda t: pa.types.is_timestamp(t) and t.tz is not None, "TIMESTAMP"),
+    (pa.types.is_timestamp, "TIMESTAMP_NTZ"),
+    (pa.types.is_date, "DATE"),
+    (lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t), "BINARY"),
+)
+
+
 def _spark_type(t: pa.DataType) -> str:
     """A Spark SQL DDL type for an Arrow type."""
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return "STRING"
-    if pa.types.is_int64(t):
-        return "BIGINT"
-    if pa.types.is_int32(t):
-        return "INT"
-    if pa.types.is_int16(t):
-        return "SMALLINT"
-    if pa.types.is_int8(t):
-        return "TINYINT"
-    if pa.types.is_float64(t):
-        return "DOUBLE"
-    if pa.types.is_float32(t):
-        return "FLOAT"
-    if pa.types.is_boolean(t):
-        return "BOOLEAN"
-    if pa.types.is_timestamp(t):
-        return "TIMESTAMP" if t.tz is not None else "TIMESTAMP_NTZ"
-    if pa.types.is_date(t):
-        return "DATE"
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return "BINARY"
     if pa.types.is_decimal(t):
         return f"DECIMAL({t.precision},{t.scale})"
+    for matches, name in _SPARK_TYPES:
+        if matches(t):
+            return name
     raise TableError(f"no Spark type for Arrow type {t}")
 
 

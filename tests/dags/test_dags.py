@@ -131,3 +131,13 @@ def test_killed_spark_job_leaves_views_untouched_and_the_retry_completes(airflow
     assert "new_state=up_for_retry" in retried.stdout + retried.stderr  # killed once, then retried
     after = state(airflow_env)
     assert after["account_profile"] != before["account_profile"]  # the new events are in the views now
+
+
+def test_maintenance_dag_fails_clearly_when_the_speed_layer_is_unhealthy(airflow_env: dict[str, str]) -> None:
+    """No broker for this profile: lag cannot be measured, which must fail the run with the reason, not pass silently."""
+    result = subprocess.run(
+        [airflow_env["__AIRFLOW_BIN"], "dags", "test", "lambdaflow_maintenance"], env=airflow_env, capture_output=True, text=True, timeout=300
+    )
+    output = result.stdout + result.stderr
+    assert "state=failed" in output
+    assert "speed layer unhealthy: consumer lag unknown" in output
