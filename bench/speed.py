@@ -53,14 +53,22 @@ def main() -> int:
         bare = time.perf_counter() - t0
 
         layer = SpeedLayer(settings, metrics_port=0)
-        batches = []
-        layer.run(idle_exit_seconds=1.5, on_batch=batches.append)
+        batches, done_at = [], []
+
+        def record(batch) -> None:
+            batches.append(batch)
+            done_at.append(time.perf_counter())
+
+        layer.run(idle_exit_seconds=1.5, on_batch=record)
         processing = sum(b.seconds for b in batches)
         appended = sum(b.appended for b in batches)
+        # end to end (poll + validate + commits + features + score + views), after the first batch (group join excluded)
+        steady = sum(b.records for b in batches[1:]) / (done_at[-1] - done_at[0])
         result = {
             "events": args.events, "batch_records": args.batch, "bare_consumer_records_per_s": round(consumed / bare),
-            "speed_layer_processing_records_per_s": round(appended / processing),
-            "ratio_speed_to_bare": round((appended / processing) / (consumed / bare), 2),
+            "speed_layer_end_to_end_records_per_s": round(steady),
+            "speed_layer_processing_only_records_per_s": round(appended / processing),
+            "ratio_end_to_end_to_bare": round(steady / (consumed / bare), 2),
             "batches": len(batches), "mean_batch_seconds": round(processing / len(batches), 3),
         }
     finally:
@@ -69,8 +77,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "speed.json").write_text(json.dumps(result, indent=2))
     (RESULTS / "speed.md").write_text(
-        "# Speed-layer throughput (same topic, same run)\n\n| records | bare kafka-python consumer (rec/s) | speed layer processing (rec/s) | ratio |\n|---|---|---|---|\n"
-        f"| {args.events:,} | {result['bare_consumer_records_per_s']:,} | {result['speed_layer_processing_records_per_s']:,} | {result['ratio_speed_to_bare']} |\n"
+        "# Speed-layer throughput (same topic, same run)\n\n| records | bare kafka-python consumer (rec/s) | speed layer end to end (rec/s) | of which processing only (rec/s) | end to end / bare |\n|---|---|---|---|---|\n"
+        f"| {args.events:,} | {result['bare_consumer_records_per_s']:,} | {result['speed_layer_end_to_end_records_per_s']:,} | {result['speed_layer_processing_only_records_per_s']:,} | {result['ratio_end_to_end_to_bare']} |\n"
     )
     return 0
 
