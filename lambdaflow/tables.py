@@ -386,10 +386,9 @@ class Snapshot:
         ddl = spark_ddl(self.schema)
         if not self.files:
             return spark.createDataFrame([], ddl)
-        data_cols = [n for n in self.schema.names if n not in self.partition_by]
         reader = spark.read.schema(ddl).option("basePath", self.table.uri)
-        frame = reader.parquet(*self.uris)
-        return frame.select(*[f"`{c}`" for c in self.schema.names]) if data_cols else frame
+        # Spark puts partition columns last; restore the table's column order
+        return reader.parquet(*self.uris).select(*[f"`{c}`" for c in self.schema.names])
 
 
 # --------------------------------------------------------------------------- table
@@ -463,7 +462,7 @@ class Table:
         files = []
         for row in actions.to_pylist():
             path = urllib.parse.unquote(row["path"])  # get_add_actions() returns URL-encoded paths
-            pvals = {c: _partition_str(row.get(f"partition.{c}")) for c in partition_by}
+            pvals = {c: serialize_partition_value(row.get(f"partition.{c}")) for c in partition_by}
             files.append(
                 DataFile(
                     path=path,
@@ -587,7 +586,6 @@ class Table:
             return CommitResult(delta.version(), skipped=True)
         schema, partition_by = _layout(delta)
         actions: list[AddAction | RemoveAction] = [f.to_add() for f in files]
-        filters = None
         if mode == "overwrite" and partitions is not None:
             wanted = [{c: serialize_partition_value(p[c]) for c in partition_by} for p in partitions]
             _check_inside(files, wanted)
@@ -614,7 +612,6 @@ class Table:
                 mode=mode,
                 schema=DeltaSchema.from_arrow(schema),
                 partition_by=list(partition_by) or None,
-                partition_filters=filters,
                 commit_properties=props,
             )
         except CommitFailedError as exc:
@@ -808,10 +805,6 @@ def _already_committed(delta: DeltaTable, txn: Txn | None) -> bool:
 def _layout(delta: DeltaTable) -> tuple[pa.Schema, tuple[str, ...]]:
     """A snapshot's schema (normalised) and partition columns."""
     return normalize_schema(pa.schema(delta.schema().to_arrow())), tuple(delta.metadata().partition_columns)
-
-
-def _partition_str(value: Any) -> str | None:
-    return serialize_partition_value(value)
 
 
 def _remove(f: DataFile) -> RemoveAction:
