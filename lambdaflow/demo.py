@@ -109,9 +109,12 @@ class Demo:
                     console.print("  [yellow]↻[/] a task failed and will be retried")
 
             ok, lines = airflow_local.test_dag(env, "lambdaflow_batch", follow)
+        log_file = Path(env["AIRFLOW_HOME"]) / "last-dag-run.log"
+        log_file.write_text("".join(lines))
+        console.print(f"  [dim]full Airflow log: {log_file}[/]")
         if not ok:
             console.print("".join(lines[-40:]))
-            raise RuntimeError("the batch DAG run failed (its log is above)")
+            raise RuntimeError(f"the batch DAG run failed (the end of its log is above, all of it in {log_file})")
         first_view = next(iter(self.settings.pipeline.view_by_name))
         commit = next(c for c in Table(table_uri(self.settings.profile, batch_view(first_view))).history() if WATERMARK_KEY in c)
         version = registry.champion_version(self.settings)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 
 from batch_layer.training import build_training_set, report_dict
+from batch_layer.jobs import finish
 from lambdaflow.config import load_settings
 from lambdaflow.spark import get_spark
 
@@ -31,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(main())

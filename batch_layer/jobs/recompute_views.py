@@ -8,9 +8,9 @@ Prints the run report as JSON on stdout.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from batch_layer.views import recompute_views
+from batch_layer.jobs import finish
 from lambdaflow.config import load_settings
 from lambdaflow.spark import get_spark
 
@@ -32,4 +32,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(main())

@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from batch_layer.train import train
+from batch_layer.jobs import finish
 from lambdaflow.config import load_settings
 from lambdaflow.spark import get_spark
 
@@ -26,4 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(main())
