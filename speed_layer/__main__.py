@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from lambdaflow.config import load_settings
@@ -20,4 +21,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is committed by now; leaving without interpreter teardown avoids native thread pools
+    # (Arrow, delta-rs) aborting the process at exit, which a supervisor would count as a crash.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
