@@ -6,7 +6,7 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from airflow.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG
 

@@ -39,7 +39,8 @@ def test_dags_load_without_errors_and_in_order(settings, monkeypatch: pytest.Mon
     assert bag.import_errors == {}
     assert {"lambdaflow_batch", "lambdaflow_maintenance"} <= set(bag.dags)
     batch = bag.dags["lambdaflow_batch"]
-    batch.check_cycle() if hasattr(batch, "check_cycle") else None
+    for dag in bag.dags.values():
+        dag.check_cycle()  # raises on a cycle
     for upstream, downstream in zip(BATCH_ORDER, BATCH_ORDER[1:]):
         assert batch.get_task(upstream).downstream_task_ids == {downstream}
     assert batch.get_task("recompute_views").__class__.__name__ == "SparkSubmitOperator"
