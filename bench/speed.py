@@ -46,7 +46,7 @@ def main() -> int:
         p = settings.pipeline
         services.ensure_topic(bootstrap, p.source.topic, p.source.partitions)
         events = generate(args.events, days=10, seed=3).events
-        producer.produce(bootstrap, [producer.Stream(p.source.topic, events, p.events.partition_key, p.events.time_column)])
+        producer.produce(bootstrap, producer.pipeline_streams(p, events))
 
         t0 = time.perf_counter()
         consumed = sum(1 for _ in services.iter_topic(bootstrap, p.source.topic, idle_polls=1, poll_ms=200))

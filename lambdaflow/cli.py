@@ -162,13 +162,12 @@ def produce(
     events_spec = s.pipeline.events
     bootstrap = services.bootstrap_servers(s.profile)
     target = topic or s.pipeline.source.topic
-    streams: list[producer.Stream] = []
     if follow:
         _produce_forever(s, bootstrap, target, labels, rate or 50.0, seed)
         return
     if file is not None:
         rows = producer.in_time_order(producer.read_file(file), events_spec.time_column)
-        streams.append(producer.Stream(target, rows, events_spec.partition_key, events_spec.time_column))
+        streams = producer.pipeline_streams(s.pipeline, rows, topic=target)
     else:
         missing = set(events_spec.fields) - set(sample_data.EVENT_SCHEMA.names)
         if missing:
@@ -186,13 +185,9 @@ def produce(
         with console.status(f"generating {events:,} events over {days:g} days…"):
             sample = sample_data.generate(events, days, seed, start=first)
         console.print(f"generated {events:,} events, fraud rate {sample.fraud_rate:.2%}, {sample.labels.num_rows:,} chargebacks")
-        streams.append(producer.Stream(target, sample.events, events_spec.partition_key, events_spec.time_column))
-        if labels and s.pipeline.labels is not None:
-            spec = s.pipeline.labels
-            streams.append(producer.Stream(spec.topic, sample.labels, events_spec.partition_key, spec.time_column))
+        streams = producer.pipeline_streams(s.pipeline, sample.events, sample.labels if labels else None, topic=target)
     for stream in streams:
-        partitions = s.pipeline.source.partitions
-        services.ensure_topic(bootstrap, stream.topic, partitions)
+        services.ensure_topic(bootstrap, stream.topic, s.pipeline.source.partitions)
     total = sum(st.rows.num_rows for st in streams)
     with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("produce", total=total)
@@ -208,17 +203,13 @@ def _produce_forever(s: Settings, bootstrap: list[str], target: str, labels: boo
 
     from lambdaflow import producer, sample_data, services
 
-    ev = s.pipeline.events
     services.ensure_topic(bootstrap, target, s.pipeline.source.partitions)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
 
     def slice_of(n: int, start: dt.datetime, chunk: int) -> list[producer.Stream]:
         sample = sample_data.generate(n, days=10 / 86400, seed=seed + chunk, start=start, accounts=2000)
-        out = [producer.Stream(target, sample.events, ev.partition_key, ev.time_column)]
-        if labels and s.pipeline.labels is not None and sample.labels.num_rows:
-            out.append(producer.Stream(s.pipeline.labels.topic, sample.labels, ev.partition_key, s.pipeline.labels.time_column))
-        return out
+        return producer.pipeline_streams(s.pipeline, sample.events, sample.labels if labels else None, topic=target)
 
     console.print(f"producing about {rate:g} fresh events per second to {target} (Ctrl-C to stop)")
     try:

@@ -48,9 +48,7 @@ class Demo:
 
     def produce(self, sample: sample_data.SampleData, junk: int = 0) -> None:
         p = self.settings.pipeline
-        streams = [producer.Stream(p.source.topic, sample.events, p.events.partition_key, p.events.time_column)]
-        if p.labels is not None:
-            streams.append(producer.Stream(p.labels.topic, sample.labels, p.events.partition_key, p.labels.time_column))
+        streams = producer.pipeline_streams(p, sample.events, sample.labels)
         for s in streams:
             services.ensure_topic(self.bootstrap, s.topic, p.source.partitions)
         total = sum(s.rows.num_rows for s in streams)
@@ -89,7 +87,7 @@ class Demo:
         """One run of the `lambdaflow_batch` DAG through Airflow (SQLite metadata DB under the storage root)."""
         import re
 
-        from batch_layer.views import WATERMARK_KEY
+        from batch_layer.views import published_watermark
         from lambdaflow import airflow_local, registry
         from lambdaflow.paths import batch_view, table_uri
         from lambdaflow.tables import Table
@@ -116,13 +114,13 @@ class Demo:
             console.print("".join(lines[-40:]))
             raise RuntimeError(f"the batch DAG run failed (the end of its log is above, all of it in {log_file})")
         first_view = next(iter(self.settings.pipeline.view_by_name))
-        commit = next(c for c in Table(table_uri(self.settings.profile, batch_view(first_view))).history() if WATERMARK_KEY in c)
+        watermark = published_watermark(Table(table_uri(self.settings.profile, batch_view(first_view))))
         version = registry.champion_version(self.settings)
         tags = registry.client(self.settings).get_model_version(registry.model_name(self.settings), str(version)).tags
         metrics = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
         plot = Path(self.settings.profile.storage.uri.removeprefix("file://")) / "plots" / f"evaluation-v{version}.png"
         console.print(f"  champion v{version}: ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}")
-        self.report.update(watermark=int(commit[WATERMARK_KEY]), model={"version": version, "metrics": metrics, "plot": str(plot)})
+        self.report.update(watermark=watermark, model={"version": version, "metrics": metrics, "plot": str(plot)})
 
     def queries(self) -> None:
         from serving_layer.engine import open_session

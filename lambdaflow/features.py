@@ -56,6 +56,18 @@ def position_order(events: pa.Table, time_column: str, id_column: str) -> np.nda
     return np.lexsort(keys)
 
 
+def first_copies(events: pa.Table, id_column: str, time_column: str) -> pa.Table:
+    """One row per event id: the first copy in partition order (repeated deliveries dropped), rows kept in input order."""
+    if events.num_rows == 0:
+        return events
+    order = position_order(events, time_column, id_column)
+    ids = events.column(id_column).to_numpy(zero_copy_only=False)[order]
+    _, first = np.unique(ids, return_index=True)
+    if len(first) == events.num_rows:
+        return events
+    return events.take(pa.array(np.sort(order[first])))
+
+
 @dataclass(frozen=True)
 class _Window:
     """One (view, window) pair some features read."""

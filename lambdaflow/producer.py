@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lambdaflow.config import PipelineConfig
+
 #: Rows encoded and sent per chunk (bounded memory for big files).
 CHUNK_ROWS = 5000
 
@@ -117,6 +119,17 @@ class Stream:
     rows: pa.Table
     key_column: str | None
     time_column: str | None
+
+
+def pipeline_streams(
+    pipeline: PipelineConfig, events: pa.Table, labels: pa.Table | None = None, topic: str | None = None
+) -> list[Stream]:
+    """Events to the source topic (or ``topic``) and labels to the label topic, keyed by the partition key."""
+    ev = pipeline.events
+    streams = [Stream(topic or pipeline.source.topic, events, ev.partition_key, ev.time_column)]
+    if labels is not None and pipeline.labels is not None and labels.num_rows:
+        streams.append(Stream(pipeline.labels.topic, labels, ev.partition_key, pipeline.labels.time_column))
+    return streams
 
 
 def _merged_chunks(streams: list[Stream]) -> Iterator[tuple[Stream, pa.Table]]:

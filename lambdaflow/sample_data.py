@@ -114,7 +114,7 @@ def generate(
     cat_channel = np.array([c[1] for c in _CATEGORIES])
     cat_mult = np.array([c[2] for c in _CATEGORIES])
     cat_risky = np.array([c[3] for c in _CATEGORIES])
-    merch_country = _COUNTRIES[rng.integers(0, len(_COUNTRIES), n_merch)]
+    rng.integers(0, len(_COUNTRIES), n_merch)  # merchant countries: unused so far, still drawn so every seed keeps its data
     safe_merch = np.flatnonzero(~cat_risky[cat_of_merch])
     risky_merch = np.flatnonzero(cat_risky[cat_of_merch])
     testing_merch = np.flatnonzero(np.isin(cat_mcc[cat_of_merch], [5967, 5816]))

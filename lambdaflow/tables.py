@@ -30,7 +30,7 @@ import math
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -616,7 +616,8 @@ class Table:
             )
         except CommitFailedError as exc:
             raise ConcurrentCommitError(f"{self.uri}: a concurrent writer committed first: {exc}") from exc
-        return CommitResult(self.version())
+        delta.update_incremental()  # replay just the new commit rather than reloading the table
+        return CommitResult(delta.version())
 
     def _live_files(self, delta: DeltaTable) -> list[DataFile]:
         return list(self._snapshot_of(delta).files)
@@ -636,15 +637,26 @@ class Table:
         The ``txn`` check happens before any file is written, against the same
         snapshot the commit goes through.
         """
+        return self._write_then_commit(
+            lambda delta: self.write_files(data, *_layout(delta)), mode, partitions, txn, metadata, operation
+        )
+
+    def _write_then_commit(
+        self,
+        produce: Callable[[DeltaTable], list[DataFile]],
+        mode: WriteMode,
+        partitions: Sequence[Mapping[str, Any]] | None,
+        txn: Txn | None,
+        metadata: Mapping[str, Any] | None,
+        operation: str | None,
+    ) -> CommitResult:
+        """Check ``txn``, write the files, commit them through the same snapshot; files of a refused commit are deleted."""
         delta = self._delta()
         if _already_committed(delta, txn):
             return CommitResult(delta.version(), skipped=True)
-        schema, partition_by = _layout(delta)
-        files = self.write_files(data, schema, partition_by)
+        files = produce(delta)
         try:
-            return self.commit_files(
-                files, mode, partitions=partitions, txn=txn, metadata=metadata, operation=operation, _delta=delta
-            )
+            return self.commit_files(files, mode, partitions=partitions, txn=txn, metadata=metadata, operation=operation, _delta=delta)
         except TableError:
             self._delete_quietly(files)
             raise
@@ -711,15 +723,7 @@ class Table:
         operation: str | None = None,
     ) -> CommitResult:
         """Write a Spark DataFrame: executors write Parquet, the driver commits (see :meth:`stage_spark`)."""
-        delta = self._delta()
-        if _already_committed(delta, txn):
-            return CommitResult(delta.version(), skipped=True)
-        files = self.stage_spark(frame, delta)
-        try:
-            return self.commit_files(files, mode, partitions=partitions, txn=txn, metadata=metadata, operation=operation, _delta=delta)
-        except TableError:
-            self._delete_quietly(files)
-            raise
+        return self._write_then_commit(lambda delta: self.stage_spark(frame, delta), mode, partitions, txn, metadata, operation)
 
     def stage_spark(self, frame: DataFrame, delta: DeltaTable | None = None) -> list[DataFile]:
         """Write a Spark DataFrame as data files of this table, not yet committed.

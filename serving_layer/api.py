@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,11 +22,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from lambdaflow import registry
 from lambdaflow.config import Settings, ViewFeature
 from lambdaflow.features import FeatureFunction
-from lambdaflow.paths import batch_view, speed_view, sql_name
-from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ
+from lambdaflow.schemas import INGEST_SEQ
+from lambdaflow.sql import to_duckdb
 from lambdaflow.views import compile_views, quote
 from serving_layer.engine import Session, open_session
-from serving_layer.sql import unified_name
+from serving_layer.sql import FRESHNESS_VIEW, partial_rows_sql, unified_name
 from speed_layer.validation import RawRecord, Validator
 
 
@@ -139,8 +140,7 @@ def create_app(settings: Settings) -> FastAPI:
         key_col = compiled.spec.keys[0]
         rows = sessions.query(f"SELECT * FROM {quote(unified_name(view))} WHERE {quote(key_col)} = ?", [key])
         fresh = sessions.query(
-            f"SELECT (SELECT COALESCE(MAX({quote(BATCH_WATERMARK)}), -1) FROM {quote(sql_name(batch_view(view)))}) AS w, "
-            f"(SELECT MAX({quote(INGEST_SEQ)}) FROM {quote(sql_name(speed_view(view)))}) AS s"
+            f'SELECT "batch_watermark" AS w, "freshest_ingest_seq" AS s FROM {quote(FRESHNESS_VIEW)} WHERE "view_name" = ?', [view]
         ).to_pylist()[0]
         if rows.num_rows == 0:
             raise HTTPException(404, f"no rows for {key_col}={key!r} in {view}")
@@ -170,16 +170,10 @@ def create_app(settings: Settings) -> FastAPI:
         prior = {}
         for name in {f.view for f in pipeline.features if isinstance(f, ViewFeature)}:
             view = views[name]
-            columns = ", ".join(quote(c) for c in view.state_schema.names)
-            part = sessions.query(
-                f"SELECT {columns} FROM {quote(sql_name(batch_view(name)))} WHERE {quote(ev.partition_key)} = ? "
-                f"UNION ALL SELECT {columns} FROM {quote(sql_name(speed_view(name)))} WHERE {quote(ev.partition_key)} = ? "
-                f"AND {quote(INGEST_SEQ)} > (SELECT COALESCE(MAX({quote(BATCH_WATERMARK)}), -1) FROM {quote(sql_name(batch_view(name)))})",
-                [key, key],
-            )
+            # the key's partial rows under the merge rule: batch as of W, speed rows after W
+            part = sessions.query(f"SELECT * FROM ({to_duckdb(partial_rows_sql(view))}) AS p WHERE {quote(ev.partition_key)} = ?", [key])
             prior[name] = view.merge_arrow([part])
         vector = features.compute(valid, prior)
-        import numpy as np
 
         x = np.column_stack([vector.column(c).to_numpy(zero_copy_only=False) for c in model.features])
         value = float(model.booster.inplace_predict(x)[0])

@@ -76,7 +76,8 @@ def open_session(settings: Settings) -> Session:
     session = Session(con)
     speed_app = app_id(settings)
     present = dict(existing_tables(settings.profile))
-    for name, schema in expected_schemas(settings).items():
+    expected = expected_schemas(settings)
+    for name, schema in expected.items():
         alias = sql_name(name)
         if name in present:
             snap = Table(present[name]).snapshot()
@@ -86,7 +87,7 @@ def open_session(settings: Settings) -> Session:
         else:
             con.register(alias, schema.empty_table())
     for name, uri in present.items():  # tables the pipeline does not know about are queryable too
-        if sql_name(name) not in {sql_name(n) for n in expected_schemas(settings)}:
+        if name not in expected:
             snap = Table(uri).snapshot()
             con.register(sql_name(name), snap.to_arrow_dataset())
             session.versions[name] = snap.version

@@ -13,12 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdaflow.config import Settings
-from lambdaflow.features import position_order
+from lambdaflow.features import first_copies
 from lambdaflow.master import events_table
 from lambdaflow.paths import batch_view, speed_view, sql_name
 from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ
@@ -41,15 +39,6 @@ class ViewCheck:
     @property
     def ok(self) -> bool:
         return self.differing == self.missing == self.extra == 0
-
-
-def first_copies(events: pa.Table, id_column: str, time_column: str) -> pa.Table:
-    """One row per event id: the first copy in partition order."""
-    if events.num_rows == 0:
-        return events
-    ordered = events.take(pa.array(position_order(events, time_column, id_column)))
-    _, first = np.unique(ordered.column(id_column).to_numpy(zero_copy_only=False), return_index=True)
-    return ordered.take(pa.array(np.sort(first)))
 
 
 def _same(a: Any, b: Any) -> bool:

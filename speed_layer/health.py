@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 from lambdaflow import services
 from lambdaflow.config import Settings
 from lambdaflow.schemas import INGEST_SEQ, INGESTED_AT
+from speed_layer.microbatch import app_id
 from speed_layer.outputs import SpeedTables
 
 
@@ -55,7 +56,7 @@ def check(settings: Settings, recent_batches: int = 50) -> Health:
     limits = settings.profile.health
     tables = SpeedTables(settings)
     master = tables.master.snapshot()
-    last = master.txn_version(f"{settings.pipeline.name}/{settings.profile.speed.consumer_group}") or 0
+    last = master.txn_version(app_id(settings)) or 0
     newest = pc.max(master.to_arrow(columns=[INGESTED_AT]).column(INGESTED_AT)).as_py() if master.num_records else None
     staleness = (dt.datetime.now(dt.timezone.utc) - newest).total_seconds() if newest else None
     since = max(0, last - recent_batches)

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from lambdaflow.config import Settings
 from lambdaflow.faults import crash_point
-from lambdaflow.features import FeatureFunction
+from lambdaflow.features import FeatureFunction, first_copies
 from lambdaflow.master import to_label_rows, to_master_rows
 from lambdaflow.schemas import INGEST_SEQ
 from lambdaflow.tables import Txn
@@ -133,7 +133,7 @@ class SpeedPipeline:
         if label_rows is not None:
             self._commit("master/labels", seq, lambda: self.tables.labels.append(label_rows, txn=txn, operation="speed-labels"), skipped)  # type: ignore[union-attr]
 
-        unique = _first_of_each_id(master_rows, spec.id_column)
+        unique = first_copies(master_rows, spec.id_column, spec.time_column)
         features = self.features.compute(unique, self.prior.states)
         partials = {}
         for name, view in self.tables.views.items():
@@ -183,14 +183,3 @@ class SpeedPipeline:
         result = self.process(records, seq, start, end)
         self.prior.load()
         return result
-
-
-def _first_of_each_id(rows: pa.Table, id_column: str) -> pa.Table:
-    """Rows minus repeated deliveries of an id within the batch (the first copy stays)."""
-    if rows.num_rows == 0:
-        return rows
-    ids = rows.column(id_column).to_numpy(zero_copy_only=False)
-    _, first = np.unique(ids, return_index=True)
-    if len(first) == rows.num_rows:
-        return rows
-    return rows.take(pa.array(np.sort(first)))

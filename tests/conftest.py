@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lambdaflow.config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDAFLOW = [sys.executable, "-m", "lambdaflow.cli"]
 
@@ -83,7 +85,7 @@ def spark(settings):
 class SpeedEnv:
     """A pipeline with its own topics, storage root and consumer group, on the session broker."""
 
-    settings: "Settings"  # noqa: F821
+    settings: Settings
     pipeline_path: Path
     profile_path: Path
     bootstrap: list[str]
@@ -93,7 +95,7 @@ class SpeedEnv:
         return ["--profile", str(self.profile_path), "--pipeline", str(self.pipeline_path)]
 
 
-def make_env(tmp_path: Path, bootstrap: list[str], **speed: object) -> "SpeedEnv":
+def make_env(tmp_path: Path, bootstrap: list[str], **speed: object) -> SpeedEnv:
     from lambdaflow.config import load_settings
 
     tag = uuid.uuid4().hex[:8]

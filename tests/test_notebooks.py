@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -12,7 +11,6 @@ from nbclient import NotebookClient
 from batch_layer.train import train
 from batch_layer.training import build_training_set
 from batch_layer.views import recompute_views
-from lambdaflow.master import labels_table, to_label_rows
 from lambdaflow.sample_data import generate
 from tests.conftest import ROOT, make_env
 from tests.speed_layer.test_speed_layer import drain, send

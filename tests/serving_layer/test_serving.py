@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import threading
@@ -21,7 +20,7 @@ from serving_layer.sql import view_definitions
 from serving_layer.trino import ddl_statements
 from serving_layer.verify import verify
 from speed_layer.outputs import SpeedTables
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 from tests.conftest import SpeedEnv
 from tests.speed_layer.test_speed_layer import drain, send
 

@@ -13,7 +13,6 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pytest
 from kafka import KafkaProducer
 
 from lambdaflow import producer, registry, services
@@ -32,9 +31,7 @@ SPEED = [sys.executable, "-m", "speed_layer"]
 
 def send(env: SpeedEnv, events: pa.Table, labels: pa.Table | None = None) -> None:
     p = env.settings.pipeline
-    streams = [producer.Stream(p.source.topic, events, p.events.partition_key, p.events.time_column)]
-    if labels is not None:
-        streams.append(producer.Stream(p.labels.topic, labels, p.events.partition_key, p.labels.time_column))
+    streams = producer.pipeline_streams(p, events, labels)
     for s in streams:
         services.ensure_topic(env.bootstrap, s.topic, p.source.partitions)
     producer.produce(env.bootstrap, streams)
