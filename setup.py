@@ -44,6 +44,10 @@ DEV_REQUIRES = [
     "nbclient",  # runs the notebooks in tests
     "nbformat",
     "ipykernel",
+    "ruff",  # lint + format check, run by the test suite (tests/test_code_quality.py)
+    "mypy",  # type check of the packages, run by the test suite
+    "types-PyYAML",
+    "types-requests",
 ]
 
 setup(
@@ -51,9 +55,9 @@ setup(
     version="0.1.0",
     description="A Lambda-architecture ML data system: Spark batch views, Kafka speed layer, SQL serving.",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["lambdaflow*", "batch_layer*", "speed_layer*", "serving_layer*"]),
+    packages=find_packages(include=["lambdaflow*", "lambdaflow_app*", "batch_layer*", "speed_layer*", "serving_layer*"]),
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},
-    entry_points={"console_scripts": ["lambdaflow=lambdaflow.cli:main"]},
+    entry_points={"console_scripts": ["lambdaflow=lambdaflow_app.cli:main"]},
 )

@@ -1,4 +1,4 @@
-"""The non-Spark steps of the batch cycle (run by Airflow tasks and the CLI): snapshot, publish, expire, maintain.
+"""The batch cycle: its non-Spark steps (snapshot, publish, expire, maintain) and all of it in order (:func:`run_cycle`).
 
 Each step is idempotent: running it again leaves the same tables.
 """
@@ -7,33 +7,25 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from batch_layer.views import expire_speed_rows, publish_history
+from batch_layer.views import expire_speed_rows
 from lambdaflow.config import Settings
-from lambdaflow.master import events_table
-from lambdaflow.paths import batch_view, existing_tables, table_uri
-from lambdaflow.tables import Table, TableMissingError, Txn
+from lambdaflow.contracts.batch import RUNS_SCHEMA, publish_history
+from lambdaflow.contracts.commits import MASTER_VERSION_KEY, WATERMARK_KEY
+from lambdaflow.contracts.master import events_table
+from lambdaflow.contracts.paths import RUNS, batch_view, existing_tables, table_uri
+from lambdaflow.errors import CycleError
+from lambdaflow.tables import Table, TableMissingError, Txn, maintenance
 from lambdaflow.views import compile_views
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
 log = logging.getLogger(__name__)
-#: One row per completed batch cycle.
-RUNS = "batch/_runs"
-RUNS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("master_version", pa.int64()),
-        ("watermark", pa.int64()),
-        ("published_at", pa.timestamp("us", tz="UTC")),
-        ("views", pa.string()),
-    ]
-)
-
-
-class CycleError(RuntimeError):
-    """The batch cycle found the tables in a state it must not publish."""
 
 
 def snapshot(settings: Settings) -> dict[str, int]:
@@ -49,8 +41,6 @@ def publish(settings: Settings, run_id: str, master_version: int) -> dict[str, A
     """Check that every batch view was published from ``master_version`` and record the run (once per run id)."""
     import json
 
-    from batch_layer.views import MASTER_VERSION_KEY, WATERMARK_KEY
-
     versions, watermarks = {}, set()
     for name in compile_views(settings.pipeline):
         table = Table(table_uri(settings.profile, batch_view(name)))
@@ -65,8 +55,13 @@ def publish(settings: Settings, run_id: str, master_version: int) -> dict[str, A
     runs = Table(table_uri(settings.profile, RUNS))
     runs.create(RUNS_SCHEMA, name="batch_runs")
     row = pa.table(
-        {"run_id": [run_id], "master_version": [master_version], "watermark": [watermark],
-         "published_at": [dt.datetime.now(dt.timezone.utc)], "views": [json.dumps(versions)]},
+        {
+            "run_id": [run_id],
+            "master_version": [master_version],
+            "watermark": [watermark],
+            "published_at": [dt.datetime.now(dt.timezone.utc)],
+            "views": [json.dumps(versions)],
+        },
         schema=RUNS_SCHEMA,
     )
     # txn keyed by the run: a retried publish task records the run once
@@ -86,11 +81,11 @@ def maintain(settings: Settings, retention_hours: int = 168, compact: bool = Tru
         table = Table(uri)
         result: dict[str, Any] = {}
         if compact:
-            metrics = table.compact()
+            metrics = maintenance.compact(table)
             result["files_removed"] = metrics.get("numFilesRemoved", 0)
             result["files_added"] = metrics.get("numFilesAdded", 0)
-        table.checkpoint()
-        result["vacuumed"] = len(table.vacuum(retention_hours=retention_hours))
+        maintenance.checkpoint(table)
+        result["vacuumed"] = len(maintenance.vacuum(table, retention_hours=retention_hours))
         out[name] = result
     return out
 
@@ -98,3 +93,67 @@ def maintain(settings: Settings, retention_hours: int = 168, compact: bool = Tru
 def watermarks(settings: Settings) -> dict[str, list[int]]:
     """Published watermarks per view, newest first (for reports)."""
     return {n: publish_history(Table(table_uri(settings.profile, batch_view(n)))) for n in compile_views(settings.pipeline)}
+
+
+#: The steps of one batch cycle, in the order the ``lambdaflow_batch`` DAG runs them.
+STEPS = (
+    "snapshot",
+    "recompute_views",
+    "build_training_set",
+    "train_evaluate_promote",
+    "publish_watermark",
+    "expire_speed_rows",
+    "maintenance",
+)
+
+
+def run_cycle(
+    settings: Settings,
+    spark: SparkSession,
+    run_id: str | None = None,
+    on_step: Callable[[str, Any], None] | None = None,
+) -> dict[str, Any]:
+    """Run every step of the batch cycle in this process, in the DAG's order, with the same functions.
+
+    What ``lambdaflow batch run`` does; the ``lambdaflow_batch`` DAG runs the same
+    steps as separate tasks (the Spark ones through spark-submit). Steps the
+    pipeline has nothing for (no labels: no training set; no model: no training)
+    are skipped.
+
+    Args:
+        run_id: recorded in ``batch/_runs`` (default: ``manual__<UTC time>``).
+        on_step: called with each step's name and result as it finishes.
+
+    Returns:
+        Each step's result, by step name.
+
+    Raises:
+        TableMissingError: nothing was ingested yet.
+        CycleError: the views were not all published from the snapshot.
+    """
+    from batch_layer.train import train
+    from batch_layer.training import build_training_set
+    from batch_layer.views import recompute_views
+
+    run_id = run_id or f"manual__{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}"
+    pipeline = settings.pipeline
+    master_version = snapshot(settings)["master_version"]
+    results: dict[str, Any] = {}
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("snapshot", lambda: {"master_version": master_version}),
+        ("recompute_views", lambda: recompute_views(settings, spark, master_version)),
+    ]
+    if pipeline.labels is not None:
+        steps.append(("build_training_set", lambda: build_training_set(settings, spark, master_version)))
+        if pipeline.model is not None:
+            steps.append(("train_evaluate_promote", lambda: train(settings, spark)))
+    steps += [
+        ("publish_watermark", lambda: publish(settings, run_id, master_version)),
+        ("expire_speed_rows", lambda: expire(settings)),
+        ("maintenance", lambda: maintain(settings)),
+    ]
+    for name, step in steps:
+        results[name] = step()
+        if on_step is not None:
+            on_step(name, results[name])
+    return results

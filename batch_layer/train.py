@@ -19,11 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from batch_layer.training import CUTOFF_KEY, LABEL, WATERMARK_KEY
 from lambdaflow import registry, storage
 from lambdaflow.config import ModelSpec, Settings
+from lambdaflow.contracts.batch import LABEL
+from lambdaflow.contracts.commits import CUTOFF_KEY, WATERMARK_KEY
+from lambdaflow.contracts.paths import TRAINING_SET, table_uri
 from lambdaflow.features import FeatureFunction
-from lambdaflow.paths import TRAINING_SET, table_uri
+from lambdaflow.scoring import predict
+from lambdaflow.spark import first_row
 from lambdaflow.tables import Table, TableMissingError
 
 if TYPE_CHECKING:
@@ -46,7 +49,7 @@ class TrainReport:
     baseline_metrics: dict[str, float]
     train_rows: int
     holdout_rows: int
-    fraud_rate: float
+    positive_rate: float  # share of positive labels in the holdout
     watermark: int
     plot: str
     seconds: float = 0.0
@@ -87,7 +90,7 @@ def split_by_time(frame: DataFrame, time_column: str, holdout_fraction: float) -
     """Train on the earlier events, hold out the latest ``holdout_fraction`` of the period."""
     from pyspark.sql import functions as F
 
-    bounds = frame.agg(F.min(time_column).alias("lo"), F.max(time_column).alias("hi")).first()
+    bounds = first_row(frame.agg(F.min(time_column).alias("lo"), F.max(time_column).alias("hi")))
     lo, hi = bounds["lo"], bounds["hi"]
     cut = lo + (hi - lo) * (1 - holdout_fraction)
     return frame.where(F.col(time_column) < F.lit(cut)), frame.where(F.col(time_column) >= F.lit(cut)), cut
@@ -96,17 +99,18 @@ def split_by_time(frame: DataFrame, time_column: str, holdout_fraction: float) -
 def _fit(model: ModelSpec, train: DataFrame, features: list[str], label_column: str) -> Any:
     from xgboost.spark import SparkXGBClassifier
 
-    params = dict(model.params)
+    params: dict[str, Any] = dict(model.params)
     params.pop("objective", None)  # the classifier sets binary:logistic itself
     estimator = SparkXGBClassifier(
-        features_col=features, label_col=label_column, num_workers=1, n_estimators=model.num_boost_round, missing=np.nan, verbose=False, **params
+        features_col=features,
+        label_col=label_column,
+        num_workers=1,
+        n_estimators=model.num_boost_round,
+        missing=np.nan,
+        verbose=False,
+        **params,
     )
     return estimator.fit(train).get_booster()
-
-
-def predict(booster: Any, x: np.ndarray) -> np.ndarray:
-    """Scores of the booster (the same call the speed layer makes)."""
-    return np.asarray(booster.inplace_predict(x), dtype=np.float64)
 
 
 def _plot(path: Path, y: np.ndarray, p: np.ndarray, booster: Any, features: list[str], title: str) -> None:
@@ -128,7 +132,7 @@ def _plot(path: Path, y: np.ndarray, p: np.ndarray, booster: Any, features: list
     axes[1].legend()
     gains = booster.get_score(importance_type="gain")
     named = {features[int(k[1:])] if k.startswith("f") and k[1:].isdigit() else k: v for k, v in gains.items()}
-    order = sorted(named, key=named.get)
+    order = sorted(named, key=lambda k: named[k])
     axes[2].barh(order, [named[k] for k in order])
     axes[2].set(title="feature importance (gain)")
     fig.suptitle(title)
@@ -174,13 +178,13 @@ def train(
     time_column = settings.pipeline.events.time_column
     train_df, holdout_df, cut = split_by_time(frame, time_column, spec.holdout_fraction)
     label_col = LABEL
-    base_rate = float(train_df.agg(F.avg(LABEL)).first()[0] or 0.0)
+    base_rate = float(first_row(train_df.agg(F.avg(LABEL)))[0] or 0.0)
     if shuffle_labels:  # labels drawn independently of the features, at the same base rate
         train_df = train_df.withColumn(LABEL, (F.rand(seed) < F.lit(base_rate)).cast("int"))
     train_rows = train_df.count()
     booster = _fit(spec, train_df.select(*ff.names, label_col), ff.names, label_col)
 
-    holdout = holdout_df.select(*ff.names, LABEL).toPandas()
+    holdout: Any = holdout_df.select(*ff.names, LABEL).toPandas()
     x, y = holdout[ff.names].to_numpy(np.float64), holdout[LABEL].to_numpy()
     if len(np.unique(y)) < 2:
         raise ValueError(f"the holdout ({len(y)} rows after {cut}) holds a single class: more data or a smaller holdout_fraction is needed")
@@ -209,10 +213,17 @@ def train(
     c = registry.client(settings)
     run = c.create_run(registry.experiment_id(settings), run_name=f"train-W{watermark}")
     run_id = run.info.run_id
-    params = {**{k: str(v) for k, v in spec.params.items()}, "num_boost_round": spec.num_boost_round,
-              "holdout_fraction": spec.holdout_fraction, "alert_threshold": spec.alert_threshold,
-              "training_watermark": watermark, "training_cutoff": commit.get(CUTOFF_KEY, ""),
-              "holdout_from": cut.isoformat(), "features": ",".join(ff.names), "shuffled_labels": shuffle_labels}
+    params = {
+        **{k: str(v) for k, v in spec.params.items()},
+        "num_boost_round": spec.num_boost_round,
+        "holdout_fraction": spec.holdout_fraction,
+        "alert_threshold": spec.alert_threshold,
+        "training_watermark": watermark,
+        "training_cutoff": commit.get(CUTOFF_KEY, ""),
+        "holdout_from": cut.isoformat(),
+        "features": ",".join(ff.names),
+        "shuffled_labels": shuffle_labels,
+    }
     for k, v in params.items():
         c.log_param(run_id, k, str(v)[:500])
     for k, v in metrics.items():
@@ -225,9 +236,24 @@ def train(
         booster_path = Path(tmp) / registry.BOOSTER_FILE
         booster.save_model(str(booster_path))
         plot_path = Path(tmp) / "evaluation.png"
-        _plot(plot_path, y, scores, booster, ff.names, f"{settings.pipeline.name}: holdout ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}")
+        _plot(
+            plot_path,
+            y,
+            scores,
+            booster,
+            ff.names,
+            f"{settings.pipeline.name}: holdout ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}",
+        )
         c.log_artifact(run_id, str(plot_path), "plots")
-        version = registry.register(settings, run_id, booster_path, ff.names, watermark, metrics, extra_tags={"training_key": training_key} if not shuffle_labels else None)
+        version = registry.register(
+            settings,
+            run_id,
+            booster_path,
+            ff.names,
+            watermark,
+            metrics,
+            extra_tags={"training_key": training_key} if not shuffle_labels else None,
+        )
         store = storage.files(settings.profile)
         store.write_bytes(f"plots/evaluation-v{version}.png", plot_path.read_bytes())
         kept = _plot_location(settings, version)
@@ -236,8 +262,19 @@ def train(
     c.set_tag(run_id, "promotion", reason)
     c.set_terminated(run_id)
     return TrainReport(
-        run_id, version, promoted, reason, metrics, champion_metrics, baseline, train_rows, len(y),
-        float(y.mean()), watermark, str(kept), round(time.monotonic() - started, 2),
+        run_id,
+        version,
+        promoted,
+        reason,
+        metrics,
+        champion_metrics,
+        baseline,
+        train_rows,
+        len(y),
+        float(y.mean()),
+        watermark,
+        str(kept),
+        round(time.monotonic() - started, 2),
     )
 
 
@@ -246,10 +283,20 @@ def _already_trained(settings: Settings, version: Any, started: float) -> TrainR
     metrics = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
     champion = registry.champion_version(settings)
     return TrainReport(
-        version.run_id, int(version.version), champion == int(version.version),
-        f"training set already trained as v{version.version}: nothing to do", metrics, None, {}, 0, 0, float("nan"),
-        int(tags.get("watermark", -1)), str(_plot_location(settings, int(version.version))),
-        round(time.monotonic() - started, 2), skipped=True,
+        version.run_id,
+        int(version.version),
+        champion == int(version.version),
+        f"training set already trained as v{version.version}: nothing to do",
+        metrics,
+        None,
+        {},
+        0,
+        0,
+        float("nan"),
+        int(tags.get("watermark", -1)),
+        str(_plot_location(settings, int(version.version))),
+        round(time.monotonic() - started, 2),
+        skipped=True,
     )
 
 

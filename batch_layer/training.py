@@ -15,28 +15,25 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import asdict, dataclass
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_layer.views import deduplicate
 from lambdaflow.config import Settings
+from lambdaflow.contracts.batch import LABEL, training_schema
+from lambdaflow.contracts.commits import CUTOFF_KEY, MASTER_VERSION_KEY, WATERMARK_KEY
+from lambdaflow.contracts.master import events_table, first_copies_spark
+from lambdaflow.contracts.paths import MASTER_LABELS, TRAINING_SET, table_uri
 from lambdaflow.features import FeatureFunction
-from lambdaflow.master import events_table
-from lambdaflow.paths import MASTER_LABELS, TRAINING_SET, table_uri
-from lambdaflow.schemas import INGEST_SEQ, arrow_type
-from lambdaflow.tables import Table, TableMissingError, Txn
+from lambdaflow.schemas import INGEST_SEQ
+from lambdaflow.spark import first_row
+from lambdaflow.tables import Table, TableMissingError, Txn, write_spark
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-
-LABEL = "label"
-CUTOFF_KEY = "lambdaflow.cutoff"
-WATERMARK_KEY = "lambdaflow.watermark"
-MASTER_VERSION_KEY = "lambdaflow.master_version"
 
 
 @dataclass
@@ -48,19 +45,6 @@ class TrainingSetReport:
     positives: int
     table_version: int
     seconds: float
-
-
-def training_schema(features: FeatureFunction, settings: Settings) -> pa.Schema:
-    """Schema of ``batch/_training_set``: identity, time, features, label."""
-    ev = settings.pipeline.events
-    fields = features.pipeline.events.fields
-    base = [
-        pa.field(ev.id_column, arrow_type(fields[ev.id_column])),
-        pa.field(ev.partition_key, arrow_type(fields[ev.partition_key])),
-        pa.field(ev.time_column, pa.timestamp("us", tz="UTC")),
-        pa.field(INGEST_SEQ, pa.int64()),
-    ]
-    return pa.schema(base + list(features.schema) + [pa.field(LABEL, pa.int32())])
 
 
 def _featurize_partition(settings: Settings, out_schema: pa.Schema) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
@@ -88,7 +72,7 @@ def featurize(settings: Settings, events: DataFrame) -> DataFrame:
     from pyspark.sql.pandas.types import from_arrow_schema
 
     key = settings.pipeline.events.partition_key
-    partitions = int(events.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    partitions = int(events.sparkSession.conf.get("spark.sql.shuffle.partitions") or 4)
     return events.repartition(partitions, key).mapInArrow(_featurize_partition(settings, without_label), from_arrow_schema(without_label))
 
 
@@ -131,8 +115,8 @@ def build_training_set(
     if not master.exists():
         raise TableMissingError(f"{master.uri} does not exist yet: ingest events with the speed layer first")
     snap = master.snapshot(master_version)
-    events = deduplicate(snap.to_spark(spark), ev.id_column)
-    bounds = events.agg(F.max(ev.time_column).alias("t"), F.max(INGEST_SEQ).alias("w")).first()
+    events = first_copies_spark(snap.to_spark(spark), ev.id_column, ev.time_column)
+    bounds = first_row(events.agg(F.max(ev.time_column).alias("t"), F.max(INGEST_SEQ).alias("w")))
     cutoff = cutoff or bounds["t"].replace(tzinfo=dt.timezone.utc)
     watermark = int(bounds["w"])
     mature_before = cutoff - dt.timedelta(seconds=spec.maturity)
@@ -150,12 +134,17 @@ def build_training_set(
     metadata = {CUTOFF_KEY: cutoff.isoformat(), WATERMARK_KEY: watermark, MASTER_VERSION_KEY: snap.version}
     # built once per (definition, master version, cut-off): a rerun of the task leaves the table as it is
     txn = Txn(f"training-set/{definition_fingerprint(settings)}/{cutoff.isoformat()}", snap.version)
-    result = table.write_spark(rows, "overwrite", metadata=metadata, operation="training-set", txn=txn)
+    result = write_spark(table, rows, "overwrite", metadata=metadata, operation="training-set", txn=txn)
     written = table.snapshot(result.version)
     label_counts = written.to_arrow(columns=[LABEL]).column(LABEL)
     return TrainingSetReport(
-        snap.version, watermark, cutoff.isoformat(), written.num_records, int(pc.sum(label_counts).as_py() or 0),
-        result.version, round(time.monotonic() - started, 2),
+        snap.version,
+        watermark,
+        cutoff.isoformat(),
+        written.num_records,
+        int(pc.sum(label_counts).as_py() or 0),
+        result.version,
+        round(time.monotonic() - started, 2),
     )
 
 
@@ -164,11 +153,14 @@ def definition_fingerprint(settings: Settings) -> str:
     import hashlib
 
     p = settings.pipeline
-    text = "|".join(m.model_dump_json() if m is not None else "" for m in (p.events, p.labels)) + "|" + "|".join(f.model_dump_json() for f in p.features)
+    text = (
+        "|".join(m.model_dump_json() if m is not None else "" for m in (p.events, p.labels))
+        + "|"
+        + "|".join(f.model_dump_json() for f in p.features)
+    )
     text += "|" + "|".join(v.model_dump_json() for v in p.views)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def report_dict(report: TrainingSetReport) -> dict:
     return asdict(report)
-

@@ -14,28 +14,25 @@ fingerprint, version = master version); ``force`` recomputes anyway.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
 from lambdaflow.config import Settings
+from lambdaflow.contracts.batch import batch_table_schema, publish_history, view_fingerprint
+from lambdaflow.contracts.commits import EXPIRED_THROUGH_KEY, MASTER_VERSION_KEY, VIEW_FINGERPRINT_KEY, WATERMARK_KEY
+from lambdaflow.contracts.master import events_table, first_copies_spark
+from lambdaflow.contracts.paths import batch_view, speed_view, table_uri
 from lambdaflow.faults import crash_point
-from lambdaflow.master import events_table
-from lambdaflow.paths import batch_view, table_uri
-from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ, KAFKA_OFFSET, KAFKA_PARTITION
-from lambdaflow.tables import ConcurrentCommitError, Table, TableMissingError, Txn
+from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ
+from lambdaflow.spark import first_row
+from lambdaflow.tables import ConcurrentCommitError, Table, TableMissingError, Txn, stage_spark
 from lambdaflow.views import CompiledView, compile_views
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-#: Commit metadata keys of a batch-view commit.
-WATERMARK_KEY = "lambdaflow.watermark"
-MASTER_VERSION_KEY = "lambdaflow.master_version"
 OPERATION = "batch-views"
 
 
@@ -59,28 +56,6 @@ class BatchViewsReport:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
-
-
-def fingerprint(view: CompiledView) -> str:
-    """A short hash of a view's definition: a changed definition never mixes with old rows."""
-    text = view.spec.model_dump_json() + view.event_schema.to_string()
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def batch_table_schema(view: CompiledView) -> pa.Schema:
-    """``batch/<view>``: the view's partial state plus the watermark it was computed at."""
-    return view.state_schema.append(pa.field(BATCH_WATERMARK, pa.int64(), False))
-
-
-def deduplicate(events: DataFrame, id_column: str) -> DataFrame:
-    """One row per event id: the first ingested copy (lowest ingest seq, partition, offset)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    order = Window.partitionBy(F.col(f"`{id_column}`")).orderBy(
-        F.col(INGEST_SEQ).asc(), F.col(KAFKA_PARTITION).asc_nulls_last(), F.col(KAFKA_OFFSET).asc_nulls_last()
-    )
-    return events.withColumn("__copy", F.row_number().over(order)).where("__copy = 1").drop("__copy")
 
 
 def recompute_views(
@@ -113,9 +88,9 @@ def recompute_views(
     compiled = compile_views(settings.pipeline)
     chosen = [compiled[name] for name in views] if views else list(compiled.values())
     events = snap.to_spark(spark)
-    stats = events.agg(F.count(F.lit(1)).alias("n"), F.max(INGEST_SEQ).alias("w")).first()
+    stats = first_row(events.agg(F.count(F.lit(1)).alias("n"), F.max(INGEST_SEQ).alias("w")))
     watermark = int(stats["w"]) if stats["w"] is not None else -1
-    unique = deduplicate(events, settings.pipeline.events.id_column).persist()
+    unique = first_copies_spark(events, settings.pipeline.events.id_column, settings.pipeline.events.time_column).persist()
     try:
         n_unique = unique.count()
         report = BatchViewsReport(snap.version, watermark, n_unique, int(stats["n"]) - n_unique)
@@ -138,39 +113,24 @@ def _stage(
     from pyspark.sql import functions as F
 
     table = Table(table_uri(settings.profile, batch_view(view.name)))
-    table.create(batch_table_schema(view), name=f"batch_{view.name}", description=f"batch view {view.name} ({fingerprint(view)})")
-    txn = None if force else Txn(f"{OPERATION}/{view.name}/{fingerprint(view)}", master_version)
+    table.create(batch_table_schema(view), name=f"batch_{view.name}", description=f"batch view {view.name} ({view_fingerprint(view)})")
+    txn = None if force else Txn(f"{OPERATION}/{view.name}/{view_fingerprint(view)}", master_version)
     done = txn is not None and (table.txn_version(txn.app_id) or -1) >= txn.version
     if done:
         return table, [], txn, True
     partials = view.partials_spark(events).withColumn(BATCH_WATERMARK, F.lit(watermark).cast("bigint"))
-    return table, table.stage_spark(partials), txn, False
+    return table, stage_spark(table, partials), txn, False
 
 
-def _commit(table: Table, files: list[Any], txn: Txn | None, skipped: bool, master_version: int, watermark: int, view: CompiledView) -> ViewResult:
+def _commit(
+    table: Table, files: list[Any], txn: Txn | None, skipped: bool, master_version: int, watermark: int, view: CompiledView
+) -> ViewResult:
     if skipped:
         version = table.version()
         return ViewResult(version, table.snapshot(version).num_records, True)
-    metadata = {WATERMARK_KEY: watermark, MASTER_VERSION_KEY: master_version, "lambdaflow.view_fingerprint": fingerprint(view)}
+    metadata = {WATERMARK_KEY: watermark, MASTER_VERSION_KEY: master_version, VIEW_FINGERPRINT_KEY: view_fingerprint(view)}
     result = table.commit_files(files, "overwrite", txn=txn, metadata=metadata, operation=OPERATION)
     return ViewResult(result.version, table.snapshot(result.version).num_records, result.skipped)
-
-
-def published_watermark(table: Table, version: int | None = None) -> int | None:
-    """The watermark W a ``batch/<view>`` version was computed at (from its commit metadata)."""
-    for commit in table.history():
-        if version is not None and commit.get("version") != version:
-            continue
-        if WATERMARK_KEY in commit:
-            return int(commit[WATERMARK_KEY])
-        if commit.get("operation") == "CREATE TABLE":
-            return None
-    return None
-
-
-def publish_history(table: Table) -> list[int]:
-    """Watermarks of a batch view's publishes, newest first."""
-    return [int(c[WATERMARK_KEY]) for c in table.history() if WATERMARK_KEY in c]
 
 
 def expire_speed_rows(settings: Settings) -> dict[str, int]:
@@ -179,14 +139,12 @@ def expire_speed_rows(settings: Settings) -> dict[str, int]:
     Rows with ``_ingest_seq`` ≤ the watermark of the *previous* publish are
     removed: a reader still holding the previous batch snapshot (W_prev) needs
     exactly the rows after W_prev, so lagging one run never opens a gap
-    (DESIGN §3).
+    (docs/architecture.md §4).
 
     Returns:
         Per view, the watermark up to which rows were expired (-1: nothing yet).
     """
     import pyarrow.compute as pc
-
-    from lambdaflow.paths import speed_view
 
     out = {}
     for name in compile_views(settings.pipeline):
@@ -198,7 +156,7 @@ def expire_speed_rows(settings: Settings) -> dict[str, int]:
         if previous >= 0 and speed.exists():
             for attempt in range(5):  # the speed layer may commit in between: retry on a fresh snapshot
                 try:
-                    speed.delete_rows(pc.field(INGEST_SEQ) <= previous, metadata={"lambdaflow.expired_through": previous}, operation="speed-expiry")
+                    speed.delete_rows(pc.field(INGEST_SEQ) <= previous, metadata={EXPIRED_THROUGH_KEY: previous}, operation="speed-expiry")
                     break
                 except ConcurrentCommitError:
                     if attempt == 4:

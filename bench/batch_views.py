@@ -31,11 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from batch_layer.views import recompute_views  # noqa: E402
-from lambdaflow.config import LocalStorage, load_settings  # noqa: E402
-from lambdaflow.master import events_table, to_master_rows  # noqa: E402
-from lambdaflow.sample_data import generate  # noqa: E402
-from lambdaflow.spark import get_spark  # noqa: E402
+from batch_layer.views import recompute_views
+from lambdaflow.config import LocalStorage, load_settings
+from lambdaflow.contracts.master import events_table, to_master_rows
+from lambdaflow.sample_data import generate
+from lambdaflow.spark import get_spark
 
 RESULTS = ROOT / "bench" / "results"
 CHUNK = 1_000_000
@@ -50,15 +50,21 @@ def hand_written_spark(spark, files: list[str], base: str, out: str) -> None:
     day = F.timestamp_seconds(F.floor(F.unix_seconds("event_time") / 86400) * 86400).alias("_bucket")
     outputs = {
         "account_hourly": ev.groupBy("account_id", hour).agg(
-            F.count("*").alias("txn_count"), F.sum("amount").alias("amount_sum"), F.max("amount").alias("amount_max"),
-            F.avg("amount").alias("amount_mean"), F.stddev_samp("amount").alias("amount_std"),
+            F.count("*").alias("txn_count"),
+            F.sum("amount").alias("amount_sum"),
+            F.max("amount").alias("amount_max"),
+            F.avg("amount").alias("amount_mean"),
+            F.stddev_samp("amount").alias("amount_std"),
         ),
-        "account_online_hourly": ev.where("channel = 'online'").groupBy("account_id", hour).agg(
-            F.count("*").alias("txn_count"), F.min("amount").alias("amount_min")
-        ),
+        "account_online_hourly": ev.where("channel = 'online'")
+        .groupBy("account_id", hour)
+        .agg(F.count("*").alias("txn_count"), F.min("amount").alias("amount_min")),
         "account_profile": ev.groupBy("account_id").agg(
-            F.count("*").alias("txn_count"), F.avg("amount").alias("amount_mean"), F.stddev_samp("amount").alias("amount_std"),
-            F.max_by("country", "event_time").alias("last_country"), F.max("event_time").alias("last_seen"),
+            F.count("*").alias("txn_count"),
+            F.avg("amount").alias("amount_mean"),
+            F.stddev_samp("amount").alias("amount_std"),
+            F.max_by("country", "event_time").alias("last_country"),
+            F.max("event_time").alias("last_seen"),
         ),
         "merchant_daily": ev.groupBy("merchant_id", day).agg(
             F.count("*").alias("txn_count"), F.sum("amount").alias("amount_sum"), F.var_samp("amount").alias("amount_var")
@@ -127,8 +133,12 @@ def main() -> int:
             "duckdb": best_of(args.repeat, lambda: duckdb_views(files, str(_fresh(work / "duck")))),
         }
         base = timings["pyspark-hand"]
-        row = {"events": size, "keys": int(sample.events["account_id"].unique().__len__()), "seconds": timings,
-               "ratio_to_pyspark_hand": {k: round(v / base, 2) for k, v in timings.items()}}
+        row = {
+            "events": size,
+            "keys": int(sample.events["account_id"].unique().__len__()),
+            "seconds": timings,
+            "ratio_to_pyspark_hand": {k: round(v / base, 2) for k, v in timings.items()},
+        }
         results.append(row)
         print(json.dumps(row), flush=True)
         shutil.rmtree(work, ignore_errors=True)
@@ -136,12 +146,19 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"cpus": os.cpu_count(), "repeat": args.repeat, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     (RESULTS / "batch_views.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    lines = ["| events | accounts | lambdaflow s | pyspark-hand s | duckdb s | lambdaflow / hand | duckdb / hand |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| events | accounts | lambdaflow s | pyspark-hand s | duckdb s | lambdaflow / hand | duckdb / hand |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         s, q = r["seconds"], r["ratio_to_pyspark_hand"]
-        lines.append(f"| {r['events']:,} | {r['keys']:,} | {s['lambdaflow']:.2f} | {s['pyspark-hand']:.2f} | {s['duckdb']:.2f} | {q['lambdaflow']} | {q['duckdb']} |")
+        lines.append(
+            f"| {r['events']:,} | {r['keys']:,} | {s['lambdaflow']:.2f} | {s['pyspark-hand']:.2f} | {s['duckdb']:.2f} | {q['lambdaflow']} | {q['duckdb']} |"
+        )
     table = "\n".join(lines)
-    (RESULTS / "batch_views.md").write_text(f"# Batch-view recompute ({meta['when']}, {meta['cpus']} cores, best of {args.repeat})\n\n{table}\n")
+    (RESULTS / "batch_views.md").write_text(
+        f"# Batch-view recompute ({meta['when']}, {meta['cpus']} cores, best of {args.repeat})\n\n{table}\n"
+    )
     print(table)
     return 0
 

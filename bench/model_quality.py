@@ -22,12 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from batch_layer.train import train  # noqa: E402
-from batch_layer.training import build_training_set  # noqa: E402
-from lambdaflow.config import LocalStorage, load_settings  # noqa: E402
-from lambdaflow.master import events_table, labels_table, to_label_rows, to_master_rows  # noqa: E402
-from lambdaflow.sample_data import generate  # noqa: E402
-from lambdaflow.spark import get_spark  # noqa: E402
+from batch_layer.train import train
+from batch_layer.training import build_training_set
+from lambdaflow.config import LocalStorage, load_settings
+from lambdaflow.contracts.master import events_table, labels_table, to_label_rows, to_master_rows
+from lambdaflow.sample_data import generate
+from lambdaflow.spark import get_spark
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -61,10 +61,18 @@ def main() -> int:
     plot = RESULTS / "model_quality.png"
     shutil.copy(report.plot, plot)
     result = {
-        "events": args.events, "days": args.days, "fraud_rate_events": sample.fraud_rate,
-        "training_rows": ts.rows, "holdout_rows": report.holdout_rows, "holdout_fraud_rate": report.fraud_rate,
-        "metrics": report.metrics, "baseline_metrics": report.baseline_metrics,
-        "promoted": report.promoted, "reason": report.reason, "timings": timings, "mlflow_run": report.run_id,
+        "events": args.events,
+        "days": args.days,
+        "fraud_rate_events": sample.fraud_rate,
+        "training_rows": ts.rows,
+        "holdout_rows": report.holdout_rows,
+        "holdout_fraud_rate": report.positive_rate,
+        "metrics": report.metrics,
+        "baseline_metrics": report.baseline_metrics,
+        "promoted": report.promoted,
+        "reason": report.reason,
+        "timings": timings,
+        "mlflow_run": report.run_id,
     }
     (RESULTS / "model_quality.json").write_text(json.dumps(result, indent=2))
     print(f"{'metric':<28}{'model':>10}{'baseline':>10}")

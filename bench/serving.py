@@ -34,16 +34,16 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from batch_layer.views import recompute_views  # noqa: E402
-from lambdaflow.config import LocalStorage, load_settings  # noqa: E402
-from lambdaflow.master import events_table, to_master_rows  # noqa: E402
-from lambdaflow.sample_data import generate  # noqa: E402
-from lambdaflow.schemas import INGEST_SEQ  # noqa: E402
-from lambdaflow.spark import get_spark  # noqa: E402
-from lambdaflow.sql import to_duckdb  # noqa: E402
-from lambdaflow.views import compile_views  # noqa: E402
-from serving_layer.engine import open_session  # noqa: E402
-from speed_layer.outputs import SpeedTables  # noqa: E402
+from batch_layer.views import recompute_views
+from lambdaflow.config import LocalStorage, load_settings
+from lambdaflow.contracts.master import events_table, to_master_rows
+from lambdaflow.contracts.speed import SpeedTables
+from lambdaflow.sample_data import generate
+from lambdaflow.schemas import INGEST_SEQ
+from lambdaflow.spark import get_spark
+from lambdaflow.sql import to_duckdb
+from lambdaflow.views import compile_views
+from serving_layer.engine import open_session
 
 RESULTS = ROOT / "bench" / "results"
 BATCHES = 20
@@ -105,7 +105,9 @@ def main() -> int:
     results = []
     for size in args.sizes:
         work = Path(tempfile.mkdtemp(prefix=f"bench-serving-{size}-"))
-        settings = base.model_copy(update={"profile": base.profile.model_copy(update={"storage": LocalStorage(kind="local", root=str(work))})})
+        settings = base.model_copy(
+            update={"profile": base.profile.model_copy(update={"storage": LocalStorage(kind="local", root=str(work))})}
+        )
         print(f"[{size:,}] preparing master, batch views and speed partials…", flush=True)
         keys = prepare(settings, spark, size)
         rng = random.Random(1)
@@ -146,12 +148,19 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "lookups": args.lookups}
     (RESULTS / "serving.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    lines = ["| events | accounts | query | batch-only (floor) p50 / p99 ms | unified p50 / p99 ms | REST API p50 / p99 ms | unified / floor (p50) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| events | accounts | query | batch-only (floor) p50 / p99 ms | unified p50 / p99 ms | REST API p50 / p99 ms | unified / floor (p50) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         f, u, a = r["point_batch-only"], r["point_unified"], r["point_api"]
-        lines.append(f"| {r['events']:,} | {r['accounts']:,} | point lookup | {f['p50_ms']} / {f['p99_ms']} | {u['p50_ms']} / {u['p99_ms']} | {a['p50_ms']} / {a['p99_ms']} | {r['ratio_p50_to_floor']['point_unified']} |")
+        lines.append(
+            f"| {r['events']:,} | {r['accounts']:,} | point lookup | {f['p50_ms']} / {f['p99_ms']} | {u['p50_ms']} / {u['p99_ms']} | {a['p50_ms']} / {a['p99_ms']} | {r['ratio_p50_to_floor']['point_unified']} |"
+        )
         f, u = r["topn_batch-only"], r["topn_unified"]
-        lines.append(f"| {r['events']:,} | {r['accounts']:,} | top 10 | {f['p50_ms']} / {f['p99_ms']} | {u['p50_ms']} / {u['p99_ms']} | — | {r['ratio_p50_to_floor']['topn_unified']} |")
+        lines.append(
+            f"| {r['events']:,} | {r['accounts']:,} | top 10 | {f['p50_ms']} / {f['p99_ms']} | {u['p50_ms']} / {u['p99_ms']} | — | {r['ratio_p50_to_floor']['topn_unified']} |"
+        )
     table = "\n".join(lines)
     (RESULTS / "serving.md").write_text(f"# Serving latency ({meta['when']})\n\n{table}\n")
     print(table)

@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lambdaflow import producer, services  # noqa: E402
-from lambdaflow.config import LocalStorage, load_settings  # noqa: E402
-from lambdaflow.sample_data import generate  # noqa: E402
-from speed_layer.runner import SpeedLayer, configure_logging  # noqa: E402
+from lambdaflow import producer, services
+from lambdaflow.config import LocalStorage, load_settings
+from lambdaflow.sample_data import generate
+from speed_layer.runner import SpeedLayer, configure_logging
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -65,11 +65,14 @@ def main() -> int:
         # end to end (poll + validate + commits + features + score + views), after the first batch (group join excluded)
         steady = sum(b.records for b in batches[1:]) / (done_at[-1] - done_at[0])
         result = {
-            "events": args.events, "batch_records": args.batch, "bare_consumer_records_per_s": round(consumed / bare),
+            "events": args.events,
+            "batch_records": args.batch,
+            "bare_consumer_records_per_s": round(consumed / bare),
             "speed_layer_end_to_end_records_per_s": round(steady),
             "speed_layer_processing_only_records_per_s": round(appended / processing),
             "ratio_end_to_end_to_bare": round(steady / (consumed / bare), 2),
-            "batches": len(batches), "mean_batch_seconds": round(processing / len(batches), 3),
+            "batches": len(batches),
+            "mean_batch_seconds": round(processing / len(batches), 3),
         }
     finally:
         services.down(profile)

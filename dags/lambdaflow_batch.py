@@ -23,8 +23,8 @@ from airflow.sdk import DAG
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from batch_layer import cycle  # noqa: E402
-from lambdaflow.config import load_settings  # noqa: E402
+from batch_layer import cycle
+from lambdaflow.config import load_settings
 
 SETTINGS = load_settings()
 PROFILE = SETTINGS.profile

@@ -6,20 +6,20 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from airflow.sdk.exceptions import AirflowFailException
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG
+from airflow.sdk.exceptions import AirflowFailException
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lambdaflow.config import load_settings  # noqa: E402
+from lambdaflow.config import load_settings
 
 PROFILE = load_settings().profile
 
 
 def speed_health() -> dict:
-    from speed_layer.health import check
+    from lambdaflow.health import check
 
     health = check(load_settings())
     if health.problems:

@@ -1,7 +1,7 @@
 """The one feature function, used by the speed layer at scoring time and by the batch layer for training sets.
 
 For an event, the state of a view feature is the merged partial state of the
-events of the same key that **precede it in partition order** (DESIGN §5):
+events of the same key that **precede it in partition order** (docs/architecture.md §6):
 
     state(e) = prior state of the key (batch view as of W + speed partials since)
              ⊕ earlier rows of the same key in the table being featurised
@@ -22,6 +22,7 @@ for rows without Kafka coordinates.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -54,18 +55,6 @@ def position_order(events: pa.Table, time_column: str, id_column: str) -> np.nda
     if not keys:
         return np.arange(events.num_rows)
     return np.lexsort(keys)
-
-
-def first_copies(events: pa.Table, id_column: str, time_column: str) -> pa.Table:
-    """One row per event id: the first copy in partition order (repeated deliveries dropped), rows kept in input order."""
-    if events.num_rows == 0:
-        return events
-    order = position_order(events, time_column, id_column)
-    ids = events.column(id_column).to_numpy(zero_copy_only=False)[order]
-    _, first = np.unique(ids, return_index=True)
-    if len(first) == events.num_rows:
-        return events
-    return events.take(pa.array(np.sort(order[first])))
 
 
 @dataclass(frozen=True)
@@ -141,8 +130,10 @@ class FeatureFunction:
             elif isinstance(f, ViewFeature):
                 w = self._windows[(f.view, f.window)]
                 merged = states[(f.view, f.window)]
-                finalised = w.view.finalize_columns(lambda c: pa.array(merged[c]), [f.aggregate])[f.aggregate]
-                values[f.name] = np.asarray(pc.fill_null(pc.cast(finalised, pa.float64()), np.nan).to_numpy(zero_copy_only=False), np.float64)
+                finalised = w.view.finalize_columns(functools.partial(_column_of, merged), [f.aggregate])[f.aggregate]
+                values[f.name] = np.asarray(
+                    pc.fill_null(pc.cast(finalised, pa.float64()), np.nan).to_numpy(zero_copy_only=False), np.float64
+                )
             elif isinstance(f, RatioFeature):
                 num, den = values[f.numerator], values[f.denominator]
                 with np.errstate(divide="ignore", invalid="ignore"):
@@ -182,7 +173,9 @@ class FeatureFunction:
         cum = {}
         for s in states:
             kind = _kind(s)
-            cum[s.name] = (grouped[s.name].cumsum() if kind == "sum" else grouped[s.name].cummin() if kind == "min" else grouped[s.name].cummax()).to_numpy(np.float64)
+            cum[s.name] = (
+                grouped[s.name].cumsum() if kind == "sum" else grouped[s.name].cummin() if kind == "min" else grouped[s.name].cummax()
+            ).to_numpy(np.float64)
         prior_lookup = _PriorLookup(view, states, prior, key_uniques, w.bucket)
         total = {s.name: np.full(n, _IDENTITY[_kind(s)]) for s in states}
         for m in range(w.k):
@@ -273,7 +266,7 @@ def _row_states(view: CompiledView, states: list[StateColumn], events: pa.Table)
         if s.part == "count":
             vals = np.ones(n)
         else:
-            col = events.column(s.source)  # type: ignore[arg-type]
+            col = events.column(s.source)
             if pa.types.is_timestamp(col.type):
                 col = pc.cast(col, pa.int64())
             x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -295,3 +288,8 @@ def _event_feature(column: pa.ChunkedArray, categories: list[str] | None) -> np.
     if pa.types.is_boolean(column.type):
         column = pc.cast(column, pa.int8())
     return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _column_of(states: Mapping[str, np.ndarray], name: str) -> pa.Array:
+    """One state column of merged window states, as Arrow (what ``finalize_columns`` reads)."""
+    return pa.array(states[name])

@@ -20,13 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdaflow.config import PipelineConfig
+from lambdaflow.errors import ProduceError
 
 #: Rows encoded and sent per chunk (bounded memory for big files).
 CHUNK_ROWS = 5000
-
-
-class ProduceError(RuntimeError):
-    """Some records were not acknowledged by the broker."""
 
 
 @dataclass
@@ -121,9 +118,7 @@ class Stream:
     time_column: str | None
 
 
-def pipeline_streams(
-    pipeline: PipelineConfig, events: pa.Table, labels: pa.Table | None = None, topic: str | None = None
-) -> list[Stream]:
+def pipeline_streams(pipeline: PipelineConfig, events: pa.Table, labels: pa.Table | None = None, topic: str | None = None) -> list[Stream]:
     """Events to the source topic (or ``topic``) and labels to the label topic, keyed by the partition key."""
     ev = pipeline.events
     streams = [Stream(topic or pipeline.source.topic, events, ev.partition_key, ev.time_column)]
@@ -140,6 +135,7 @@ def _merged_chunks(streams: list[Stream]) -> Iterator[tuple[Stream, pa.Table]]:
         live = [i for i, s in enumerate(streams) if cursors[i] < s.rows.num_rows]
         if not live:
             return
+
         # The stream whose next row is earliest sends a chunk up to the next row of any other stream.
         def head(i: int) -> float:
             t = times[i]
@@ -148,9 +144,10 @@ def _merged_chunks(streams: list[Stream]) -> Iterator[tuple[Stream, pa.Table]]:
         i = min(live, key=head)
         end = min(cursors[i] + CHUNK_ROWS, streams[i].rows.num_rows)
         others = [head(j) for j in live if j != i]
-        if others and times[i] is not None:
+        head_times = times[i]
+        if others and head_times is not None:
             limit = min(others)
-            end = min(end, cursors[i] + max(1, int(np.searchsorted(times[i][cursors[i] : end], limit, side="right"))))
+            end = min(end, cursors[i] + max(1, int(np.searchsorted(head_times[cursors[i] : end], limit, side="right"))))
         yield streams[i], streams[i].rows.slice(cursors[i], end - cursors[i])
         cursors[i] = end
 
@@ -212,15 +209,13 @@ def produce(
         producer.close()
     report.seconds = time.monotonic() - started
     if report.failed:
-        raise ProduceError(
-            f"{report.failed} of {report.total} records were not acknowledged by the broker; first errors: {report.errors}"
-        )
+        raise ProduceError(f"{report.failed} of {report.total} records were not acknowledged by the broker; first errors: {report.errors}")
     return report
 
 
 def produce_live(
     bootstrap: list[str],
-    make_streams: Callable[[int, "dt.datetime", int], list[Stream]],
+    make_streams: Callable[[int, dt.datetime, int], list[Stream]],
     rate: float,
     chunk_seconds: float = 10.0,
     should_stop: Callable[[], bool] = lambda: False,

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from lambdaflow.config import Settings
+from lambdaflow.contracts.paths import local_path
+from lambdaflow.errors import ConfigError, ModelVerificationError
 
 #: Alias of the model the speed layer scores with.
 CHAMPION = "champion"
@@ -27,18 +29,14 @@ FEATURES_FILE = "features.json"
 log = logging.getLogger(__name__)
 
 
-class ModelVerificationError(RuntimeError):
-    """A model artefact failed to load or does not match what was registered."""
-
-
 def tracking_uri(settings: Settings) -> str:
     """The MLflow tracking URI: the profile's, or SQLite under the storage root."""
     if settings.profile.mlflow.tracking_uri:
         return settings.profile.mlflow.tracking_uri
     root = settings.profile.storage.uri
     if not root.startswith("file://"):
-        raise ValueError("mlflow.tracking_uri must be set when the storage root is not local (profile key mlflow.tracking_uri)")
-    path = Path(root.removeprefix("file://")) / "mlflow"
+        raise ConfigError("mlflow.tracking_uri must be set when the storage root is not local (profile key mlflow.tracking_uri)")
+    path = local_path(root) / "mlflow"
     path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}/mlflow.db"
 
@@ -118,7 +116,7 @@ def load_version(settings: Settings, version: int) -> LoadedModel:
             from mlflow.artifacts import download_artifacts
 
             local = download_artifacts(artifact_uri=f"{mv.source}/{BOOSTER_FILE}", dst_path=tmp, tracking_uri=tracking_uri(settings))
-        except Exception as exc:  # noqa: BLE001 - any download failure means "cannot verify"
+        except Exception as exc:
             raise ModelVerificationError(f"model v{version}: cannot download its booster: {exc}") from exc
         actual = sha256(local)
         if actual != expected_sha:

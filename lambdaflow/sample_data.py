@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lambdaflow.config import PipelineConfig
+
 #: Merchant categories: (mcc, channel, typical amount multiplier, risky for fraud).
 _CATEGORIES: list[tuple[int, str, float, bool]] = [
     (5411, "pos", 1.0, False),  # groceries
@@ -41,7 +43,18 @@ _CATEGORIES: list[tuple[int, str, float, bool]] = [
     (5816, "online", 0.3, True),  # digital goods
 ]
 _COUNTRIES = np.array(["DE", "FR", "GB", "US", "CH", "PL", "SE", "NL", "ES", "IT"])
-_CURRENCY_OF = {"DE": "EUR", "FR": "EUR", "GB": "GBP", "US": "USD", "CH": "CHF", "PL": "PLN", "SE": "SEK", "NL": "EUR", "ES": "EUR", "IT": "EUR"}
+_CURRENCY_OF = {
+    "DE": "EUR",
+    "FR": "EUR",
+    "GB": "GBP",
+    "US": "USD",
+    "CH": "CHF",
+    "PL": "PLN",
+    "SE": "SEK",
+    "NL": "EUR",
+    "ES": "EUR",
+    "IT": "EUR",
+}
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -66,6 +79,11 @@ LABEL_SCHEMA = pa.schema(
     ]
 )
 DEFAULT_START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def missing_fields(pipeline: PipelineConfig) -> list[str]:
+    """Event fields the pipeline declares that the sample does not make (empty: the sample fits the pipeline)."""
+    return sorted(set(pipeline.events.fields) - set(EVENT_SCHEMA.names))
 
 
 @dataclass(frozen=True)

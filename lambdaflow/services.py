@@ -8,6 +8,9 @@ survive a broker restart (not a moto restart).
 Started processes are recorded in ``<storage root>/services/state.json`` with
 their PID, command line and address; ``down`` stops only processes whose PID
 still runs the recorded command line.
+
+Long because process supervision (PID identity by start time, logs, readiness) and the broker's
+admin helpers share the state file; they split when the real-stack services (Kafka, HDFS, Trino) join.
 """
 
 from __future__ import annotations
@@ -25,16 +28,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lambdaflow.config import EmbeddedKafka, ExternalKafka, ProfileConfig
+from lambdaflow.contracts.paths import local_path
+from lambdaflow.errors import ServiceError
 
 ServiceName = Literal["broker", "moto"]
 #: Tansu's client session timeouts (DESIGN §7): a group joins after about half the session timeout.
 CONSUMER_TIMEOUTS: dict[str, int] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 _MOTO_BUCKET = "tansu"
 _MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lambdaflow", "AWS_SECRET_ACCESS_KEY": "lambdaflow", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-class ServiceError(RuntimeError):
-    """A service could not be started, reached or stopped."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def state_dir(profile: ProfileConfig) -> Path:
     uri = profile.storage.uri
     if not uri.startswith("file://"):
         raise ServiceError(f"embedded services need a local storage root, the profile has {uri}")
-    return Path(uri.removeprefix("file://")) / "services"
+    return local_path(uri) / "services"
 
 
 def _state_file(profile: ProfileConfig) -> Path:
@@ -184,9 +185,12 @@ def _start_broker(profile: ProfileConfig, kafka: EmbeddedKafka, moto: ServiceRec
     cmd = [
         broker_binary(),
         "broker",
-        "--listener-url", f"tcp://{address}",
-        "--advertised-listener-url", f"tcp://{address}",
-        "--storage-engine", storage,
+        "--listener-url",
+        f"tcp://{address}",
+        "--advertised-listener-url",
+        f"tcp://{address}",
+        "--storage-engine",
+        storage,
     ]
     proc = _spawn("broker", cmd, log, env)
     _wait_for_port(port, 30, proc, log)
@@ -278,7 +282,13 @@ def _reap(pid: int) -> None:
 
 
 def start_process(
-    profile: ProfileConfig, name: str, cmd: list[str], env: dict[str, str] | None = None, address: str = "", port: int | None = None, wait: float = 60
+    profile: ProfileConfig,
+    name: str,
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    address: str = "",
+    port: int | None = None,
+    wait: float = 60,
 ) -> ServiceRecord:
     """Start a long-running process of the local stack, log to ``services/<name>.log`` and record it for ``down``.
 
@@ -411,6 +421,4 @@ class ServiceStatus:
 
 
 def status(profile: ProfileConfig) -> list[ServiceStatus]:
-    return [
-        ServiceStatus(r.name, is_running(r), r.pid, r.address, r.storage, r.log) for r in read_state(profile).values()
-    ]
+    return [ServiceStatus(r.name, is_running(r), r.pid, r.address, r.storage, r.log) for r in read_state(profile).values()]

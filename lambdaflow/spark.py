@@ -1,17 +1,19 @@
-"""The Spark session every batch job uses, configured from the profile."""
+"""The Spark session every batch job uses, configured from the profile, and how a finished job leaves."""
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from lambdaflow.config import SparkConfig
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, Row, SparkSession
 
-#: Settings every session gets, whatever the profile says (DESIGN §6, §8):
+__all__ = ["REQUIRED_CONF", "finish", "first_row", "get_spark"]
+
+#: Settings every session gets, whatever the profile says (docs/architecture.md §7, §9):
 #: UTC session time and microsecond Parquet timestamps (INT96 has no min/max stats).
 REQUIRED_CONF: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
@@ -44,3 +46,34 @@ def get_spark(config: SparkConfig, app_name: str = "lambdaflow", master: str | N
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def finish(code: int) -> NoReturn:
+    """Stop Spark (if this process started it), flush, and exit without interpreter teardown.
+
+    Used by every process entry point once its work is committed: spark-submit
+    jobs, the Spark commands of the CLI and the speed layer. Native thread pools
+    (Arrow, delta-rs, the JVM gateway) can abort a process while Python tears
+    down (``terminate called without an active exception``, exit 134), which a
+    scheduler would report as a failed job and retry. Leaving with ``os._exit``
+    after flushing makes the exit code the command's own.
+    """
+    try:
+        if "pyspark.sql" in sys.modules:  # never import pyspark just to stop it (the speed layer has none)
+            from pyspark.sql import SparkSession
+
+            active = SparkSession.getActiveSession()
+            if active is not None:
+                active.stop()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def first_row(frame: DataFrame) -> Row:
+    """The first row of a one-row result (a global aggregate always has one)."""
+    row = frame.first()
+    if row is None:
+        raise RuntimeError("expected a one-row aggregate, Spark returned no row")
+    return row

@@ -8,7 +8,7 @@ import sqlglot
 DIALECT = "trino"
 
 
-def parse_trino(sql: str) -> sqlglot.Expression:
+def parse_trino(sql: str) -> sqlglot.exp.Expr:
     """Parse a statement as Trino SQL.
 
     Raises:

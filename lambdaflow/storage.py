@@ -12,10 +12,8 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from lambdaflow.config import HdfsStorage, LocalStorage, ProfileConfig
-
-
-class StorageError(OSError):
-    """A file operation under the storage root failed."""
+from lambdaflow.contracts.paths import local_path
+from lambdaflow.errors import StorageError
 
 
 class Files(Protocol):
@@ -41,7 +39,7 @@ class LocalFiles:
     """Files in a local directory."""
 
     def __init__(self, storage: LocalStorage) -> None:
-        self.root = Path(storage.uri.removeprefix("file://"))
+        self.root = local_path(storage.uri)
 
     def _path(self, path: str) -> Path:
         return self.root / _clean(path)

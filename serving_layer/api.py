@@ -13,21 +13,22 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from lambdaflow import registry
 from lambdaflow.config import Settings, ViewFeature
+from lambdaflow.contracts.paths import PREDICTIONS, existing_tables, sql_name
 from lambdaflow.features import FeatureFunction
 from lambdaflow.schemas import INGEST_SEQ
+from lambdaflow.scoring import ChampionCache, feature_matrix, predict
 from lambdaflow.sql import to_duckdb
+from lambdaflow.tables import Table
+from lambdaflow.validation import RawRecord, Validator
 from lambdaflow.views import compile_views, quote
 from serving_layer.engine import Session, open_session
 from serving_layer.sql import FRESHNESS_VIEW, partial_rows_sql, unified_name
-from speed_layer.validation import RawRecord, Validator
 
 
 class SessionCache:
@@ -54,31 +55,8 @@ class SessionCache:
         return self._session
 
     def _stale(self, session: Session) -> bool:
-        from lambdaflow.paths import existing_tables
-        from lambdaflow.tables import Table
-
         current = {name: Table(uri).version() for name, uri in existing_tables(self.settings.profile)}
         return current != session.versions
-
-
-class ModelCache:
-    """The verified champion, reloaded when the alias moves."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.model: registry.LoadedModel | None = None
-        self._checked = 0.0
-
-    def get(self) -> registry.LoadedModel | None:
-        if time.monotonic() - self._checked > 5:
-            self._checked = time.monotonic()
-            version = registry.champion_version(self.settings)
-            if version is not None and (self.model is None or self.model.version != version):
-                try:
-                    self.model = registry.load_version(self.settings, version)
-                except registry.ModelVerificationError:
-                    pass  # keep serving with the verified model we have
-        return self.model
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -89,10 +67,12 @@ def create_app(settings: Settings) -> FastAPI:
     features = FeatureFunction(pipeline)
     validator = Validator(ev.fields, pipeline.source.max_payload_bytes)
     sessions = SessionCache(settings, settings.profile.serving.refresh_seconds)
-    models = ModelCache(settings)
+    models = ChampionCache(settings)
     metrics = CollectorRegistry()
     requests = Counter("lambdaflow_api_requests", "API requests", ["endpoint", "status"], registry=metrics)
-    latency = Histogram("lambdaflow_api_seconds", "API latency", ["endpoint"], registry=metrics, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+    latency = Histogram(
+        "lambdaflow_api_seconds", "API latency", ["endpoint"], registry=metrics, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+    )
     token = settings.profile.serving.token
     bearer = HTTPBearer(auto_error=False)
 
@@ -144,12 +124,20 @@ def create_app(settings: Settings) -> FastAPI:
         ).to_pylist()[0]
         if rows.num_rows == 0:
             raise HTTPException(404, f"no rows for {key_col}={key!r} in {view}")
-        return {"view": view, "key": {key_col: key}, "batch_watermark": fresh["w"], "freshest_ingest_seq": fresh["s"], "rows": _jsonable(rows.to_pylist())}
+        return {
+            "view": view,
+            "key": {key_col: key},
+            "batch_watermark": fresh["w"],
+            "freshest_ingest_seq": fresh["s"],
+            "rows": _jsonable(rows.to_pylist()),
+        }
 
     @app.get("/predictions/{event_id}", dependencies=[Depends(authorised)])
     def prediction(event_id: str) -> dict[str, Any]:
         """The speed layer's prediction for an event."""
-        rows = sessions.query(f"SELECT * FROM {quote('predictions')} WHERE {quote(ev.id_column)} = ? ORDER BY {quote(INGEST_SEQ)} LIMIT 1", [event_id])
+        rows = sessions.query(
+            f"SELECT * FROM {quote(sql_name(PREDICTIONS))} WHERE {quote(ev.id_column)} = ? ORDER BY {quote(INGEST_SEQ)} LIMIT 1", [event_id]
+        )
         if rows.num_rows == 0:
             raise HTTPException(404, f"no prediction for event {event_id!r}")
         row = rows.to_pylist()[0]
@@ -163,7 +151,7 @@ def create_app(settings: Settings) -> FastAPI:
         valid, _, rejects = validator.validate([RawRecord("api", 0, 0, None, body)])
         if rejects:
             raise HTTPException(422, rejects[0].reason)
-        model = models.get()
+        model = models.refresh()
         if model is None:
             raise HTTPException(503, "no champion model has been promoted yet")
         key = valid.column(ev.partition_key)[0].as_py()
@@ -175,8 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
             prior[name] = view.merge_arrow([part])
         vector = features.compute(valid, prior)
 
-        x = np.column_stack([vector.column(c).to_numpy(zero_copy_only=False) for c in model.features])
-        value = float(model.booster.inplace_predict(x)[0])
+        value = float(predict(model.booster, feature_matrix(vector, model.features))[0])
         threshold = pipeline.model.alert_threshold if pipeline.model else 0.5
         return {
             "event_id": valid.column(ev.id_column)[0].as_py(),

@@ -14,20 +14,29 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow as pa
 
-from batch_layer.views import batch_table_schema
 from lambdaflow.config import Settings
-from lambdaflow.master import labels_schema, master_schema
-from lambdaflow.paths import MASTER_EVENTS, MASTER_LABELS, PREDICTIONS, QUARANTINE, batch_view, existing_tables, speed_view, sql_name
+from lambdaflow.contracts.batch import RUNS_SCHEMA, batch_table_schema
+from lambdaflow.contracts.commits import app_id
+from lambdaflow.contracts.master import labels_schema, master_schema
+from lambdaflow.contracts.paths import (
+    MASTER_EVENTS,
+    MASTER_LABELS,
+    PREDICTIONS,
+    QUARANTINE,
+    RUNS,
+    batch_view,
+    existing_tables,
+    speed_view,
+    sql_name,
+)
+from lambdaflow.contracts.speed import QUARANTINE_SCHEMA, predictions_schema, speed_view_schema
+from lambdaflow.errors import QueryError
 from lambdaflow.sql import to_duckdb
 from lambdaflow.tables import Table
 from lambdaflow.views import compile_views, quote
 from serving_layer.sql import view_definitions
-from speed_layer.microbatch import app_id
-from speed_layer.outputs import QUARANTINE_SCHEMA, predictions_schema, speed_view_schema
 
-
-class QueryError(ValueError):
-    """The SQL could not be parsed or run; the message points at the problem."""
+__all__ = ["QueryError", "Session", "expected_schemas", "open_session"]
 
 
 @dataclass
@@ -60,7 +69,12 @@ class Session:
 def expected_schemas(settings: Settings) -> dict[str, pa.Schema]:
     """Schema of every table the serving views read, by table name."""
     pipeline = settings.pipeline
-    out = {MASTER_EVENTS: master_schema(pipeline.events), QUARANTINE: QUARANTINE_SCHEMA, PREDICTIONS: predictions_schema(settings)}
+    out = {
+        MASTER_EVENTS: master_schema(pipeline.events),
+        QUARANTINE: QUARANTINE_SCHEMA,
+        PREDICTIONS: predictions_schema(settings),
+        RUNS: RUNS_SCHEMA,
+    }
     if pipeline.labels:
         out[MASTER_LABELS] = labels_schema(pipeline.labels)
     for name, view in compile_views(pipeline).items():

@@ -2,14 +2,15 @@
 
 ``unified_<view>`` merges the batch rows (as of their watermark W) with the
 speed rows whose ``_ingest_seq`` is greater than W, then finalises the
-aggregates — the merge rule of DESIGN §3. The embedded engine runs the same
+aggregates — the merge rule of docs/architecture.md §4. The embedded engine runs the same
 text after :func:`lambdaflow.sql.to_duckdb`.
 """
 
 from __future__ import annotations
 
 from lambdaflow.config import PipelineConfig
-from lambdaflow.paths import MASTER_LABELS, PREDICTIONS, batch_view, speed_view, sql_name
+from lambdaflow.contracts.batch import NO_WATERMARK
+from lambdaflow.contracts.paths import MASTER_LABELS, PREDICTIONS, batch_view, speed_view, sql_name
 from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ
 from lambdaflow.views import CompiledView, compile_views, quote
 
@@ -22,8 +23,8 @@ def unified_name(view: str) -> str:
 
 
 def watermark_sql(view: CompiledView) -> str:
-    """W of the published batch view (-1 before the first batch run)."""
-    return f"(SELECT COALESCE(MAX({quote(BATCH_WATERMARK)}), -1) FROM {quote(sql_name(batch_view(view.name)))})"
+    """W of the published batch view: the SQL form of :func:`lambdaflow.contracts.batch.batch_watermark`."""
+    return f"(SELECT COALESCE(MAX({quote(BATCH_WATERMARK)}), {NO_WATERMARK}) FROM {quote(sql_name(batch_view(view.name)))})"
 
 
 def partial_rows_sql(view: CompiledView) -> str:
@@ -31,11 +32,7 @@ def partial_rows_sql(view: CompiledView) -> str:
     columns = ", ".join(quote(c) for c in view.state_schema.names)
     batch = quote(sql_name(batch_view(view.name)))
     speed = quote(sql_name(speed_view(view.name)))
-    return (
-        f"SELECT {columns} FROM {batch}\n"
-        f"UNION ALL\n"
-        f"SELECT {columns} FROM {speed} WHERE {quote(INGEST_SEQ)} > {watermark_sql(view)}"
-    )
+    return f"SELECT {columns} FROM {batch}\nUNION ALL\nSELECT {columns} FROM {speed} WHERE {quote(INGEST_SEQ)} > {watermark_sql(view)}"
 
 
 def unified_view_sql(view: CompiledView) -> str:
@@ -63,20 +60,20 @@ def model_performance_sql(pipeline: PipelineConfig) -> str | None:
     ev_id = quote(pipeline.events.id_column)
     lab_id, lab = quote(labels.event_id_column), quote(labels.label_column)
     return (
-        "SELECT p.\"model_version\", COUNT(*) AS scored,\n"
-        "  SUM(CASE WHEN l.\"__id\" IS NOT NULL THEN 1 ELSE 0 END) AS labelled_positive,\n"
-        "  SUM(CASE WHEN p.\"decision\" THEN 1 ELSE 0 END) AS alerts,\n"
-        "  SUM(CASE WHEN p.\"decision\" AND l.\"__id\" IS NOT NULL THEN 1 ELSE 0 END) AS true_alerts,\n"
-        "  CAST(SUM(CASE WHEN p.\"decision\" AND l.\"__id\" IS NOT NULL THEN 1 ELSE 0 END) AS DOUBLE)"
-        " / NULLIF(SUM(CASE WHEN p.\"decision\" THEN 1 ELSE 0 END), 0) AS precision,\n"
-        "  CAST(SUM(CASE WHEN p.\"decision\" AND l.\"__id\" IS NOT NULL THEN 1 ELSE 0 END) AS DOUBLE)"
-        " / NULLIF(SUM(CASE WHEN l.\"__id\" IS NOT NULL THEN 1 ELSE 0 END), 0) AS recall,\n"
-        "  AVG(p.\"score\") AS mean_score\n"
+        'SELECT p."model_version", COUNT(*) AS scored,\n'
+        '  SUM(CASE WHEN l."__id" IS NOT NULL THEN 1 ELSE 0 END) AS labelled_positive,\n'
+        '  SUM(CASE WHEN p."decision" THEN 1 ELSE 0 END) AS alerts,\n'
+        '  SUM(CASE WHEN p."decision" AND l."__id" IS NOT NULL THEN 1 ELSE 0 END) AS true_alerts,\n'
+        '  CAST(SUM(CASE WHEN p."decision" AND l."__id" IS NOT NULL THEN 1 ELSE 0 END) AS DOUBLE)'
+        ' / NULLIF(SUM(CASE WHEN p."decision" THEN 1 ELSE 0 END), 0) AS precision,\n'
+        '  CAST(SUM(CASE WHEN p."decision" AND l."__id" IS NOT NULL THEN 1 ELSE 0 END) AS DOUBLE)'
+        ' / NULLIF(SUM(CASE WHEN l."__id" IS NOT NULL THEN 1 ELSE 0 END), 0) AS recall,\n'
+        '  AVG(p."score") AS mean_score\n'
         f"FROM {quote(sql_name(PREDICTIONS))} AS p\n"
-        f"LEFT JOIN (SELECT DISTINCT {lab_id} AS \"__id\" FROM {quote(sql_name(MASTER_LABELS))} WHERE {lab}) AS l\n"
-        f"  ON p.{ev_id} = l.\"__id\"\n"
-        "WHERE p.\"scored\"\n"
-        "GROUP BY p.\"model_version\""
+        f'LEFT JOIN (SELECT DISTINCT {lab_id} AS "__id" FROM {quote(sql_name(MASTER_LABELS))} WHERE {lab}) AS l\n'
+        f'  ON p.{ev_id} = l."__id"\n'
+        'WHERE p."scored"\n'
+        'GROUP BY p."model_version"'
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from lambdaflow.config import Settings
-from lambdaflow.paths import sql_name, table_uri
+from lambdaflow.contracts.paths import sql_name, table_uri
 from serving_layer.engine import expected_schemas
 from serving_layer.sql import create_view_statements
 
@@ -37,7 +37,7 @@ def ddl_statements(settings: Settings) -> list[str]:
     return [schema, *register_statements(settings), *create_view_statements(settings.pipeline, trino.catalog, trino.schema_)]
 
 
-def connect(settings: Settings):  # noqa: ANN201 - trino.dbapi.Connection
+def connect(settings: Settings):
     import trino
 
     t = settings.profile.trino

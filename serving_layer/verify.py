@@ -16,13 +16,12 @@ from typing import Any
 import pyarrow.compute as pc
 
 from lambdaflow.config import Settings
-from lambdaflow.features import first_copies
-from lambdaflow.master import events_table
-from lambdaflow.paths import batch_view, speed_view, sql_name
-from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ
+from lambdaflow.contracts.master import events_table, first_copies
+from lambdaflow.contracts.paths import MASTER_EVENTS, speed_view
+from lambdaflow.schemas import INGEST_SEQ
 from lambdaflow.views import compile_views
 from serving_layer.engine import Session, open_session
-from serving_layer.sql import unified_name
+from serving_layer.sql import unified_name, watermark_sql
 
 
 @dataclass
@@ -57,13 +56,13 @@ def verify(settings: Settings, session: Session | None = None, master_version: i
     session = session or open_session(settings)
     spec = settings.pipeline.events
     master = events_table(settings, create=False)
-    version = master_version if master_version is not None else session.versions.get("master/events")
+    version = master_version if master_version is not None else session.versions.get(MASTER_EVENTS)
     events = master.snapshot(version).to_arrow() if master.exists() and version is not None else None
     checks = []
     for name, view in compile_views(settings.pipeline).items():
         check = ViewCheck(name)
         # what the unified view can contain: batch rows up to W, speed rows up to its last committed batch
-        w = session.query(f'SELECT COALESCE(MAX("{BATCH_WATERMARK}"), -1) AS w FROM "{sql_name(batch_view(name))}"').column("w")[0].as_py()
+        w = session.query(f"SELECT {watermark_sql(view)} AS w").column("w")[0].as_py()
         covered = max(w, session.speed_seq.get(speed_view(name), 0))
         expected = view.result_schema.empty_table()
         if events is not None and events.num_rows:

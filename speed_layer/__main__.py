@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 from lambdaflow.config import load_settings
+from lambdaflow.spark import finish
 from speed_layer.runner import main as run
 
 
@@ -21,9 +20,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    # Everything is committed by now; leaving without interpreter teardown avoids native thread pools
-    # (Arrow, delta-rs) aborting the process at exit, which a supervisor would count as a crash.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    # everything is committed by now: leave without a teardown that native pools could abort
+    finish(main())

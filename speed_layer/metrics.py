@@ -21,7 +21,9 @@ class SpeedMetrics:
         self.labels = Counter("lambdaflow_speed_labels", "labels appended to master/labels", registry=r)
         self.scored = Counter("lambdaflow_speed_scored_events", "events scored by a model", registry=r)
         self.batch_seconds = Histogram(
-            "lambdaflow_speed_batch_seconds", "processing time of a micro-batch", registry=r,
+            "lambdaflow_speed_batch_seconds",
+            "processing time of a micro-batch",
+            registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
         )
         self.lag = Gauge("lambdaflow_speed_consumer_lag", "records behind the high-water marks", registry=r)

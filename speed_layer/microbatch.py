@@ -12,6 +12,7 @@ others skip.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -23,23 +24,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdaflow.config import Settings
+from lambdaflow.contracts.commits import APP_KEY, OFFSETS_END_KEY, OFFSETS_START_KEY, RECORDS_KEY, SEQ_KEY, VALID_KEY, Offsets, app_id
+from lambdaflow.contracts.master import first_copies, to_label_rows, to_master_rows
+from lambdaflow.contracts.paths import MASTER_EVENTS, MASTER_LABELS, PREDICTIONS, QUARANTINE, speed_view
+from lambdaflow.contracts.speed import SpeedTables, prediction_rows, quarantine_rows
 from lambdaflow.faults import crash_point
-from lambdaflow.features import FeatureFunction, first_copies
-from lambdaflow.master import to_label_rows, to_master_rows
+from lambdaflow.features import FeatureFunction
 from lambdaflow.schemas import INGEST_SEQ
+from lambdaflow.scoring import ChampionCache
 from lambdaflow.tables import Txn
-from speed_layer.outputs import SpeedTables, prediction_rows, quarantine_rows
-from speed_layer.scorer import Scorer
+from lambdaflow.validation import RawRecord, Reject, Validator
 from speed_layer.state import PriorState
-from speed_layer.validation import RawRecord, Reject, Validator
 
 log = logging.getLogger(__name__)
-
-#: Commit metadata keys written on ``master/events``.
-SEQ_KEY = "lambdaflow.seq"
-OFFSETS_END_KEY = "lambdaflow.offsets.end"  # next offset per topic/partition, cumulative
-OFFSETS_START_KEY = "lambdaflow.offsets.start"  # first offset of this batch per topic/partition
-Offsets = dict[str, dict[str, int]]  # topic -> partition (as text, for JSON) -> offset
 
 
 @dataclass
@@ -58,11 +55,6 @@ class BatchResult:
     skipped_tables: list[str] = field(default_factory=list)
 
 
-def app_id(settings: Settings) -> str:
-    """The writer identity in Delta ``txn`` actions: pipeline + consumer group."""
-    return f"{settings.pipeline.name}/{settings.profile.speed.consumer_group}"
-
-
 class SpeedPipeline:
     """Everything a micro-batch does, without the Kafka consumer (see :mod:`speed_layer.runner`)."""
 
@@ -77,7 +69,7 @@ class SpeedPipeline:
         self.labels = Validator(pipeline.labels.fields, pipeline.source.max_payload_bytes) if pipeline.labels else None
         self.features = FeatureFunction(pipeline)
         self.prior = PriorState(settings, self.tables)
-        self.scorer = Scorer(settings)
+        self.scorer = ChampionCache(settings)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -89,7 +81,7 @@ class SpeedPipeline:
         """The ``master/events`` commit info of micro-batch ``seq``."""
         for limit in (50, None):
             for commit in self.tables.master.history(limit):
-                if commit.get(SEQ_KEY) == seq and commit.get("lambdaflow.app") == self.app_id:
+                if commit.get(SEQ_KEY) == seq and commit.get(APP_KEY) == self.app_id:
                     return commit
         raise LookupError(f"no master/events commit for micro-batch {seq} of {self.app_id}")
 
@@ -112,26 +104,51 @@ class SpeedPipeline:
         valid, accepted, rejects = self.events.validate(event_records)
         spec = self.settings.pipeline.events
         master_rows = to_master_rows(
-            valid, spec, seq,
-            pa.array([r.partition for r in accepted], pa.int32()), pa.array([r.offset for r in accepted], pa.int64()), now,
+            valid,
+            spec,
+            seq,
+            pa.array([r.partition for r in accepted], pa.int32()),
+            pa.array([r.offset for r in accepted], pa.int64()),
+            now,
         )
         skipped: list[str] = []
-        metadata = {SEQ_KEY: seq, "lambdaflow.app": self.app_id, OFFSETS_START_KEY: start, OFFSETS_END_KEY: end,
-                    "lambdaflow.records": len(records), "lambdaflow.valid": valid.num_rows}
-        self._commit("master/events", seq, lambda: self.tables.master.append(master_rows, txn=txn, metadata=metadata, operation="speed-append"), skipped)
+        metadata = {
+            SEQ_KEY: seq,
+            APP_KEY: self.app_id,
+            OFFSETS_START_KEY: start,
+            OFFSETS_END_KEY: end,
+            RECORDS_KEY: len(records),
+            VALID_KEY: valid.num_rows,
+        }
+        self._commit(
+            MASTER_EVENTS,
+            seq,
+            lambda: self.tables.master.append(master_rows, txn=txn, metadata=metadata, operation="speed-append"),
+            skipped,
+        )
 
         label_rows = None
-        if self.labels is not None and self.tables.labels is not None:
+        label_spec = self.settings.pipeline.labels
+        if self.labels is not None and self.tables.labels is not None and label_spec is not None:
             good_labels, label_accepted, bad_labels = self.labels.validate(label_records)
             rejects += bad_labels
             label_rows = to_label_rows(
-                good_labels, self.settings.pipeline.labels, seq,  # type: ignore[arg-type]
-                pa.array([r.partition for r in label_accepted], pa.int32()), pa.array([r.offset for r in label_accepted], pa.int64()), now,
+                good_labels,
+                label_spec,
+                seq,
+                pa.array([r.partition for r in label_accepted], pa.int32()),
+                pa.array([r.offset for r in label_accepted], pa.int64()),
+                now,
             )
         rejects += other
-        self._commit("quarantine", seq, lambda: self.tables.quarantine.append(quarantine_rows(rejects, seq, now), txn=txn, operation="speed-quarantine"), skipped)
+        self._commit(
+            QUARANTINE,
+            seq,
+            lambda: self.tables.quarantine.append(quarantine_rows(rejects, seq, now), txn=txn, operation="speed-quarantine"),
+            skipped,
+        )
         if label_rows is not None:
-            self._commit("master/labels", seq, lambda: self.tables.labels.append(label_rows, txn=txn, operation="speed-labels"), skipped)  # type: ignore[union-attr]
+            self._commit(MASTER_LABELS, seq, lambda: self.tables.labels.append(label_rows, txn=txn, operation="speed-labels"), skipped)  # type: ignore[union-attr]
 
         unique = first_copies(master_rows, spec.id_column, spec.time_column)
         features = self.features.compute(unique, self.prior.states)
@@ -140,16 +157,29 @@ class SpeedPipeline:
             part = view.partials_arrow(unique)
             partials[name] = part
             tagged = part.append_column(INGEST_SEQ, pa.array(np.full(part.num_rows, seq, np.int64)))
-            self._commit(f"speed/{name}", seq, lambda t=tagged, n=name: self.tables.speed[n].append(t, txn=txn, operation="speed-partials"), skipped)
+            self._commit(
+                speed_view(name),
+                seq,
+                functools.partial(self.tables.speed[name].append, tagged, txn=txn, operation="speed-partials"),
+                skipped,
+            )
         self.prior.advance(partials)
 
         scores = self.scorer.score(features)
         predictions = prediction_rows(self.settings, unique, features, scores, self.scorer.version, seq, now)
-        self._commit("predictions", seq, lambda: self.tables.predictions.append(predictions, txn=txn, operation="speed-predictions"), skipped)
+        self._commit(PREDICTIONS, seq, lambda: self.tables.predictions.append(predictions, txn=txn, operation="speed-predictions"), skipped)
         max_time = pc.max(valid.column(spec.time_column)).as_py() if valid.num_rows else None
         return BatchResult(
-            seq, len(records), valid.num_rows, len(rejects), 0 if label_rows is None else label_rows.num_rows,
-            0 if scores is None else len(scores), self.scorer.version, round(time.monotonic() - t0, 4), max_time, skipped,
+            seq,
+            len(records),
+            valid.num_rows,
+            len(rejects),
+            0 if label_rows is None else label_rows.num_rows,
+            0 if scores is None else len(scores),
+            self.scorer.version,
+            round(time.monotonic() - t0, 4),
+            max_time,
+            skipped,
         )
 
     def _commit(self, name: str, seq: int, commit: Callable[[], Any], skipped: list[str]) -> None:

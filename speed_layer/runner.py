@@ -22,9 +22,10 @@ from typing import Any
 
 from lambdaflow import services
 from lambdaflow.config import Settings
+from lambdaflow.contracts.commits import Offsets
+from lambdaflow.validation import RawRecord
 from speed_layer.metrics import SpeedMetrics
-from speed_layer.microbatch import BatchResult, Offsets, SpeedPipeline
-from speed_layer.validation import RawRecord
+from speed_layer.microbatch import BatchResult, SpeedPipeline
 
 log = logging.getLogger("lambdaflow.speed")
 
@@ -155,10 +156,11 @@ class SpeedLayer:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
+        # the champion first: a batch replayed by recovery is scored like any other
+        self.pipeline.scorer.refresh(force=True)
         replayed = self.pipeline.recover(lambda s, e: fetch_range(self.bootstrap, s, e))
         if replayed:
             log.warning("recovered micro-batch %s", replayed.seq, extra={"batch": replayed.__dict__})
-        self.pipeline.scorer.maybe_reload(force=True)
         self.positions: Offsets = self.pipeline.committed_offsets()
         consumer = self._consumer()
         seq = self.pipeline.last_seq()
@@ -168,7 +170,7 @@ class SpeedLayer:
         try:
             while not self.stopping:
                 records = self._poll_batch(consumer, speed.max_batch_records, speed.max_batch_seconds)
-                self.pipeline.scorer.maybe_reload()
+                self.pipeline.scorer.refresh()
                 if self.pipeline.prior.stale():
                     self.pipeline.prior.load()
                 if not records:

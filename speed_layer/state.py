@@ -12,13 +12,13 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_layer.views import published_watermark
 from lambdaflow.config import Settings, ViewFeature
-from lambdaflow.paths import batch_view, table_uri
+from lambdaflow.contracts.batch import NO_WATERMARK, batch_watermark
+from lambdaflow.contracts.paths import batch_view, table_uri
+from lambdaflow.contracts.speed import SpeedTables
 from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ
 from lambdaflow.tables import Table
 from lambdaflow.views import CompiledView
-from speed_layer.outputs import SpeedTables
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class PriorState:
         used = {f.view for f in settings.pipeline.features if isinstance(f, ViewFeature)}
         self.views: dict[str, CompiledView] = {n: v for n, v in tables.views.items() if n in used}
         self.states: dict[str, pa.Table] = {}
-        self.watermark: int = -1
+        self.watermark: int = NO_WATERMARK
         self._batch_versions: dict[str, int | None] = {}
 
     def _batch_table(self, name: str) -> Table:
@@ -48,12 +48,12 @@ class PriorState:
         for name, view in self.views.items():
             batch = self._batch_table(name)
             parts = []
-            w = -1
+            w = NO_WATERMARK
             if self._batch_versions[name] is not None:
-                snap = batch.snapshot(self._batch_versions[name])
-                w = published_watermark(batch, snap.version)
-                w = -1 if w is None else w
-                parts.append(snap.to_arrow().drop_columns([BATCH_WATERMARK]))
+                rows = batch.snapshot(self._batch_versions[name]).to_arrow()
+                # W from the rows, as the serving SQL reads it: robust to compaction and checkpoint commits
+                w = batch_watermark(rows)
+                parts.append(rows.drop_columns([BATCH_WATERMARK]))
             watermarks.append(w)
             speed = self.tables.speed[name].snapshot()
             condition = pc.field(INGEST_SEQ) > w
@@ -62,7 +62,7 @@ class PriorState:
             parts.append(speed.to_arrow(filter=condition).drop_columns([INGEST_SEQ]))
             self.states[name] = view.merge_arrow(parts)
         # the views are published together by one batch run; the smallest W is the safe one to report
-        self.watermark = min(watermarks) if watermarks else -1
+        self.watermark = min(watermarks) if watermarks else NO_WATERMARK
         log.info("prior state loaded", extra={"watermark": self.watermark, "rows": {n: t.num_rows for n, t in self.states.items()}})
 
     def stale(self) -> bool:

@@ -16,7 +16,20 @@ import yaml
 from lambdaflow.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-LAMBDAFLOW = [sys.executable, "-m", "lambdaflow.cli"]
+LAMBDAFLOW = [sys.executable, "-m", "lambdaflow_app"]
+
+
+#: Fixtures that start a real component: a test using any of them is an integration test.
+INTEGRATION_FIXTURES = frozenset({"broker", "spark", "speed_env", "airflow_env"})
+#: Modules whose every test runs a real component through a subprocess (CLI, services, Airflow, notebooks).
+INTEGRATION_MODULES = ("test_services.py", "test_dags.py", "test_notebooks.py", "test_cli.py", "test_producer.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark integration tests by what they start, so `pytest -m "not integration"` runs in seconds."""
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +46,9 @@ def test_profile(session_home: Path) -> Path:
     """A local profile whose broker keeps records in S3 (a local moto server), so a restart can be tested."""
     path = session_home / "test-profile.yaml"
     path.write_text(
-        (ROOT / "conf/profiles/local.yaml").read_text().replace("storage: memory", "storage: s3")
+        (ROOT / "conf/profiles/local.yaml")
+        .read_text()
+        .replace("storage: memory", "storage: s3")
         .replace("spark.driver.memory: 4g", "spark.driver.memory: 2g")
     )
     return path

@@ -38,7 +38,7 @@ def test_every_service_is_runnable_and_long_running_ones_have_health_checks() ->
         one_shot = service.get("restart") == "no"
         if not one_shot and name not in ("datanode", "spark-worker", "airflow-scheduler", "airflow-dag-processor", "kafka-2", "kafka-3"):
             assert "healthcheck" in service, f"{name} has no health check"
-        for dependency in (service.get("depends_on") or {}):
+        for dependency in service.get("depends_on") or {}:
             assert dependency in SERVICES, f"{name} depends on unknown {dependency}"
 
 
@@ -94,9 +94,13 @@ def test_dockerfile_shape() -> None:
     assert text.index("COPY constraints.txt") < text.index("COPY lambdaflow"), "dependencies must be a layer below the code"
 
 
-@pytest.mark.skipif(shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
-                    reason="the docker compose plugin is not installed here; the structural checks above stand in for it")
+@pytest.mark.skipif(
+    shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
+    reason="the docker compose plugin is not installed here; the structural checks above stand in for it",
+)
 def test_docker_compose_config_accepts_the_file() -> None:
     env = {"LAMBDAFLOW_API_TOKEN": "x", "KAFKA_CLUSTER_ID": "x", "AIRFLOW_DB_PASSWORD": "x", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(["docker", "compose", "-f", str(DEPLOY / "compose.yml"), "config", "-q"], capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(DEPLOY / "compose.yml"), "config", "-q"], capture_output=True, text=True, env=env
+    )
     assert result.returncode == 0, result.stderr

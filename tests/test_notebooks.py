@@ -34,12 +34,20 @@ def demo_data(broker, spark, tmp_path_factory):
 @pytest.mark.parametrize("name", ["explore", "train_experiment"])
 def test_notebook_runs_and_plots(demo_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     plots = tmp_path / "plots"
-    for key, value in {"LAMBDAFLOW_PROFILE": str(demo_data.profile_path), "LAMBDAFLOW_PIPELINE": str(demo_data.pipeline_path),
-                       "LAMBDAFLOW_CONF": str(ROOT / "conf"), "LAMBDAFLOW_NOTEBOOK_PLOTS": str(plots), "PYTHONPATH": str(ROOT)}.items():
+    for key, value in {
+        "LAMBDAFLOW_PROFILE": str(demo_data.profile_path),
+        "LAMBDAFLOW_PIPELINE": str(demo_data.pipeline_path),
+        "LAMBDAFLOW_CONF": str(ROOT / "conf"),
+        "LAMBDAFLOW_NOTEBOOK_PLOTS": str(plots),
+        "PYTHONPATH": str(ROOT),
+    }.items():
         monkeypatch.setenv(key, value)
     notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), "saved with outputs"
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    expected = {"explore": {"volumes.png", "scores.png", "model_metrics.png", "freshness.png"}, "train_experiment": {"experiment_vs_champion.png"}}[name]
+    expected = {
+        "explore": {"volumes.png", "scores.png", "model_metrics.png", "freshness.png"},
+        "train_experiment": {"experiment_vs_champion.png"},
+    }[name]
     assert expected <= {p.name for p in plots.glob("*.png")}
     assert all(p.stat().st_size > 5000 for p in plots.glob("*.png"))

@@ -1,6 +1,6 @@
 """spark-submit entry point: build the point-in-time training set from one master snapshot.
 
-    spark-submit --master yarn batch_layer/jobs/build_training_set.py --profile cluster [--master-version V] [--cutoff ISO]
+spark-submit --master yarn batch_layer/jobs/build_training_set.py --profile cluster [--master-version V] [--cutoff ISO]
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import argparse
 import datetime as dt
 import json
 
-from batch_layer.training import build_training_set, report_dict
 from batch_layer.jobs import finish
+from batch_layer.training import build_training_set, report_dict
 from lambdaflow.config import load_settings
 from lambdaflow.spark import get_spark
 

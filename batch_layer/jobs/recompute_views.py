@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from batch_layer.views import recompute_views
 from batch_layer.jobs import finish
+from batch_layer.views import recompute_views
 from lambdaflow.config import load_settings
 from lambdaflow.spark import get_spark
 

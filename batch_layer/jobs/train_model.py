@@ -1,14 +1,14 @@
 """spark-submit entry point: train XGBoost on the training set, evaluate, register, promote if better.
 
-    spark-submit --master yarn batch_layer/jobs/train_model.py --profile cluster
+spark-submit --master yarn batch_layer/jobs/train_model.py --profile cluster
 """
 
 from __future__ import annotations
 
 import argparse
 
-from batch_layer.train import train
 from batch_layer.jobs import finish
+from batch_layer.train import train
 from lambdaflow.config import load_settings
 from lambdaflow.spark import get_spark
 

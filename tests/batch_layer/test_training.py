@@ -10,11 +10,12 @@ import pyarrow as pa
 import pytest
 
 from batch_layer.train import train
-from batch_layer.training import LABEL, build_training_set
+from batch_layer.training import build_training_set
 from lambdaflow import registry
 from lambdaflow.config import LocalStorage
-from lambdaflow.master import events_table, labels_table, to_label_rows, to_master_rows
-from lambdaflow.paths import TRAINING_SET, table_uri
+from lambdaflow.contracts.batch import LABEL
+from lambdaflow.contracts.master import events_table, labels_table, to_label_rows, to_master_rows
+from lambdaflow.contracts.paths import TRAINING_SET, local_path, table_uri
 from lambdaflow.sample_data import LABEL_SCHEMA, generate
 from lambdaflow.tables import Table
 from tests.lambdaflow.test_features import brute_force
@@ -68,7 +69,7 @@ def test_worse_model_is_registered_but_not_promoted(local, spark) -> None:
 
     first = train(local, spark)
     assert first.promoted, first.reason
-    assert first.metrics["roc_auc"] > 0.85 and first.metrics["pr_auc"] > 5 * first.fraud_rate
+    assert first.metrics["roc_auc"] > 0.85 and first.metrics["pr_auc"] > 5 * first.positive_rate
     assert "baseline" in first.reason
     assert registry.champion_version(local) == first.version
     assert Path(first.plot).stat().st_size > 10_000
@@ -93,7 +94,7 @@ def test_tampered_champion_is_refused(local, spark) -> None:
     build_training_set(local, spark)
     report = train(local, spark)
     assert report.promoted
-    booster = next(Path(local.profile.storage.uri.removeprefix("file://")).rglob(registry.BOOSTER_FILE))
+    booster = next(local_path(local.profile.storage.uri).rglob(registry.BOOSTER_FILE))
     booster.write_bytes(booster.read_bytes()[:-16] + b"\0" * 16)
     with pytest.raises(registry.ModelVerificationError, match="checksum"):
         registry.load_champion(local)

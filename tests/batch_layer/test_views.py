@@ -8,11 +8,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from batch_layer.views import BATCH_WATERMARK, published_watermark, recompute_views
+from batch_layer.cycle import maintain
+from batch_layer.views import recompute_views
 from lambdaflow.config import LocalStorage
-from lambdaflow.master import events_table, to_master_rows
-from lambdaflow.paths import batch_view, table_uri
+from lambdaflow.contracts.batch import batch_watermark
+from lambdaflow.contracts.commits import WATERMARK_KEY
+from lambdaflow.contracts.master import events_table, to_master_rows
+from lambdaflow.contracts.paths import batch_view, table_uri
+from lambdaflow.contracts.speed import SpeedTables
 from lambdaflow.sample_data import generate
+from lambdaflow.schemas import BATCH_WATERMARK
 from lambdaflow.tables import Table, TableMissingError
 from lambdaflow.views import compile_views
 
@@ -46,7 +51,7 @@ def test_views_match_the_arrow_compiler_and_dedupe(local, spark) -> None:
     assert report.watermark == 3 and report.events == 3000 and report.duplicates_removed == 40
     for name, view in compile_views(local.pipeline).items():
         table = Table(table_uri(local.profile, batch_view(name)))
-        assert published_watermark(table) == 3
+        assert batch_watermark(table.snapshot()) == 3
         snap = table.snapshot().to_arrow()
         assert pc.all(pc.equal(snap[BATCH_WATERMARK], 3)).as_py()
         got = view.finalize_arrow(snap.drop_columns([BATCH_WATERMARK]))
@@ -102,7 +107,9 @@ def test_an_older_snapshot_gives_its_own_watermark(local, spark) -> None:
     assert report.watermark == 1 and report.events == 500
 
 
-def test_spark_submit_entry_point(local, spark, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spark_submit_entry_point(
+    local, spark, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The job spark-submit runs: same code path, paths from the profile, a JSON report on stdout."""
     import json
 
@@ -116,3 +123,40 @@ def test_spark_submit_entry_point(local, spark, tmp_path: Path, capsys: pytest.C
     assert job.main(["--profile", str(profile), "--view", "account_profile"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["watermark"] == 7 and list(report["views"]) == ["account_profile"]
+
+
+def test_watermark_survives_maintenance(local, spark) -> None:
+    """Regression: after compaction the newest batch-view commit carries no watermark; W must still be the published one.
+
+    The speed layer's prior state used to read W from that newest commit, found none, took W = -1 and added
+    every unexpired speed partial on top of batch rows that already held them (a count went 3 -> 6).
+    """
+    from speed_layer.state import PriorState
+
+    events = generate(2000, days=2, seed=5).events
+    for seq, start in enumerate(range(0, 2000, 200), start=1):
+        ingest(local, events.slice(start, 200), seq)
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")  # one file per shuffle partition: something to compact
+    try:
+        recompute_views(local, spark)
+    finally:
+        spark.conf.unset("spark.sql.adaptive.coalescePartitions.enabled")
+    tables = SpeedTables(local)
+    prior = PriorState(local, tables)
+    prior.load()
+    before = {name: state.sort_by([(c, "ascending") for c in prior.views[name].group_columns]) for name, state in prior.states.items()}
+    assert prior.watermark == 10
+
+    maintain(local, retention_hours=1)
+    for name in prior.views:
+        newest = Table(table_uri(local.profile, batch_view(name))).history(1)[0]
+        assert WATERMARK_KEY not in newest, "precondition: maintenance added a commit after the publish"
+    # the speed layer's own partials of the same events, not yet expired
+    for name, view in tables.views.items():
+        part = view.partials_arrow(events)
+        tables.speed[name].append(part.append_column("_ingest_seq", pa.array([10] * part.num_rows, pa.int64())))
+    prior.load()
+    assert prior.watermark == 10
+    for name, state in prior.states.items():
+        after = state.sort_by([(c, "ascending") for c in prior.views[name].group_columns])
+        assert after.equals(before[name]), f"{name}: speed partials counted on top of the batch rows that hold them"

@@ -16,18 +16,25 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from batch_layer.cycle import RUNS
 from lambdaflow import registry
 from lambdaflow.config import load_settings
+from lambdaflow.contracts.master import events_table, labels_table, to_label_rows, to_master_rows
+from lambdaflow.contracts.paths import RUNS, TRAINING_SET, batch_view, table_uri
 from lambdaflow.faults import CRASH_AT_ENV, CRASH_ONCE_ENV
-from lambdaflow.master import events_table, labels_table, to_label_rows, to_master_rows
-from lambdaflow.paths import TRAINING_SET, batch_view, table_uri
 from lambdaflow.sample_data import generate
 from lambdaflow.tables import Table
 from tests.conftest import ROOT
 
 DAGS = ROOT / "dags"
-BATCH_ORDER = ["snapshot", "recompute_views", "build_training_set", "train_evaluate_promote", "publish_watermark", "expire_speed_rows", "maintenance"]
+BATCH_ORDER = [
+    "snapshot",
+    "recompute_views",
+    "build_training_set",
+    "train_evaluate_promote",
+    "publish_watermark",
+    "expire_speed_rows",
+    "maintenance",
+]
 
 
 def test_dags_load_without_errors_and_in_order(settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,7 +144,11 @@ def test_killed_spark_job_leaves_views_untouched_and_the_retry_completes(airflow
 def test_maintenance_dag_fails_clearly_when_the_speed_layer_is_unhealthy(airflow_env: dict[str, str]) -> None:
     """No broker for this profile: lag cannot be measured, which must fail the run with the reason, not pass silently."""
     result = subprocess.run(
-        [airflow_env["__AIRFLOW_BIN"], "dags", "test", "lambdaflow_maintenance"], env=airflow_env, capture_output=True, text=True, timeout=300
+        [airflow_env["__AIRFLOW_BIN"], "dags", "test", "lambdaflow_maintenance"],
+        env=airflow_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output = result.stdout + result.stderr
     assert "state=failed" in output

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from lambdaflow.config import LocalStorage
-from lambdaflow.master import events_table, to_master_rows
+from lambdaflow.contracts.master import events_table, to_master_rows
 from lambdaflow.sample_data import generate
 from tests.conftest import run_cli
 

@@ -108,7 +108,10 @@ def test_profile_typo_inside_a_backend_union(tmp_path: Path) -> None:
         (lambda d: d["events"].update(time_column="amount"), "must be a timestamp field"),
         (lambda d: d["views"][0].update(keys=["no_such"]), "key 'no_such' is not an event field"),
         (lambda d: d["views"][0].update(bucket="1 hour"), "expected a duration"),
-        (lambda d: d["features"].append({"kind": "ratio", "name": "r", "numerator": "later", "denominator": "amount"}), "must be a feature declared before it"),
+        (
+            lambda d: d["features"].append({"kind": "ratio", "name": "r", "numerator": "later", "denominator": "amount"}),
+            "must be a feature declared before it",
+        ),
     ],
 )
 def test_cross_references_are_checked(tmp_path: Path, mutate, expected: str) -> None:
@@ -136,7 +139,12 @@ def test_another_dataset_is_only_a_yaml_file(tmp_path: Path) -> None:
             },
         },
         "views": [
-            {"name": "sensor_10m", "keys": ["sensor"], "bucket": "10m", "aggregates": {"n": {"fn": "count"}, "t_var": {"fn": "variance", "column": "temperature"}}},
+            {
+                "name": "sensor_10m",
+                "keys": ["sensor"],
+                "bucket": "10m",
+                "aggregates": {"n": {"fn": "count"}, "t_var": {"fn": "variance", "column": "temperature"}},
+            },
             {"name": "site_last", "keys": ["site"], "aggregates": {"t_last": {"fn": "last", "column": "temperature"}}},
         ],
     }

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lambdaflow.config import load_pipeline
+from lambdaflow.contracts.master import to_master_rows
 from lambdaflow.features import FeatureFunction
-from lambdaflow.master import to_master_rows
 from lambdaflow.sample_data import generate
 from tests.conftest import ROOT
 
@@ -72,7 +72,7 @@ def test_micro_batches_with_prior_state_equal_all_at_once(seed: int, cuts: list[
     whole = FF.compute(master)
     parts, prior = [], None
     bounds = [0, *cuts, events.num_rows]
-    for seq, (start, stop) in enumerate(zip(bounds, bounds[1:]), start=1):
+    for start, stop in zip(bounds, bounds[1:]):
         batch = master.slice(start, stop - start)
         parts.append(FF.compute(batch, prior))
         seen = master.slice(0, stop)

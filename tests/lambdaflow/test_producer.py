@@ -68,7 +68,11 @@ def test_streams_are_interleaved_by_time_and_complete(event_times: list[int], la
         ts = pa.timestamp("us", tz="UTC")
         a = pa.table({"t": pa.array(sorted(event_times), ts), "src": ["e"] * len(event_times)})
         b = pa.table({"t": pa.array(sorted(label_times), ts), "src": ["l"] * len(label_times)})
-        out = [r for _, c in producer._merged_chunks([producer.Stream("e", a, None, "t"), producer.Stream("l", b, None, "t")]) for r in c.to_pylist()]
+        out = [
+            r
+            for _, c in producer._merged_chunks([producer.Stream("e", a, None, "t"), producer.Stream("l", b, None, "t")])
+            for r in c.to_pylist()
+        ]
     finally:
         producer.CHUNK_ROWS = old
     assert len(out) == len(event_times) + len(label_times)

@@ -62,7 +62,16 @@ def test_down_only_stops_what_up_started(tmp_path: Path, settings) -> None:
     try:
         state_file = services.state_dir(profile) / "state.json"
         state_file.parent.mkdir(parents=True)
-        fake = {"broker": {"name": "broker", "pid": stranger.pid, "address": "127.0.0.1:1", "cmdline": ["tansu", "broker"], "log": "", "started_at": time.time()}}
+        fake = {
+            "broker": {
+                "name": "broker",
+                "pid": stranger.pid,
+                "address": "127.0.0.1:1",
+                "cmdline": ["tansu", "broker"],
+                "log": "",
+                "started_at": time.time(),
+            }
+        }
         state_file.write_text(json.dumps(fake))
         assert services.down(profile) == []
         assert stranger.poll() is None  # still alive

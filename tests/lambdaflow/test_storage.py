@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lambdaflow.config import HdfsStorage, LocalStorage, load_profile
-from lambdaflow.paths import table_uri
+from lambdaflow.contracts.paths import table_uri
 from lambdaflow.storage import LocalFiles, StorageError, WebHdfsFiles, files
 from tests.conftest import ROOT
 from tests.lambdaflow.webhdfs_stub import serve

@@ -1,4 +1,4 @@
-"""The Delta table layer against real tables on disk, with every delta-rs trap of DESIGN §6."""
+"""The Delta table layer against real tables on disk, with every delta-rs trap of docs/architecture.md §7 (storage)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from lambdaflow.tables import (
     parse_partition_dir,
     partition_dir,
     unescape_partition_value,
+    vacuum,
+    write_spark,
 )
 
 UTC = dt.timezone.utc
@@ -143,7 +145,7 @@ def test_vacuum_deletes_unreferenced_files_only(table: Table, tmp_path: Path) ->
     table.overwrite(rows([2], ["a"]), partitions=[{"k": "a"}])
     on_disk = lambda: sorted(p.name for p in (tmp_path / "t").rglob("*.parquet"))  # noqa: E731
     assert len(on_disk()) == 3
-    table.vacuum(retention_hours=0)
+    vacuum(table, retention_hours=0)
     assert len(on_disk()) == 2
     assert sorted(table.snapshot().to_arrow().column("id").to_pylist()) == [1, 2]
 
@@ -163,7 +165,13 @@ def test_escape_roundtrip(value: str) -> None:
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=8), min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=8),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_any_partition_string_roundtrips_through_a_table(tmp_path_factory: pytest.TempPathFactory, keys: list[str]) -> None:
     t = Table((tmp_path_factory.mktemp("prop") / "t").as_uri())
     t.create(SCHEMA, ["k"])
@@ -182,7 +190,7 @@ def test_spark_write_reads_back_identically(spark, tmp_path: Path) -> None:
     data = rows(list(range(len(NASTY))), NASTY)
     data = data.append_column("d", pa.array([dt.date(2026, 1, 1 + i % 2) for i in range(len(NASTY))]))
     frame = spark.createDataFrame(data.to_pandas())
-    result = table.write_spark(frame, txn=Txn("spark-job", 1), metadata={"watermark": 3}, operation="test")
+    result = write_spark(table, frame, txn=Txn("spark-job", 1), metadata={"watermark": 3}, operation="test")
     assert not result.skipped
     snap = table.snapshot()
     expected = sorted_rows(data.select(schema.names))
@@ -194,7 +202,7 @@ def test_spark_write_reads_back_identically(spark, tmp_path: Path) -> None:
     commit = table.history(1)[0]
     assert commit["watermark"] == 3 and commit["lambdaflow.operation"] == "test"
     # the same job again is skipped by its txn version
-    assert table.write_spark(frame, txn=Txn("spark-job", 1)).skipped
+    assert write_spark(table, frame, txn=Txn("spark-job", 1)).skipped
     assert table.snapshot().num_records == len(NASTY)
 
 
@@ -204,10 +212,10 @@ def test_spark_overwrite_outside_filter_rejected_and_cleaned(spark, tmp_path: Pa
     table.append(rows([0, 1], ["a", "b"]))
     frame = spark.createDataFrame(rows([5, 6], ["a", "b"]).to_pandas())
     with pytest.raises(PartitionFilterError):
-        table.write_spark(frame, "overwrite", partitions=[{"k": "a"}])
+        write_spark(table, frame, "overwrite", partitions=[{"k": "a"}])
     assert sorted(table.snapshot().to_arrow().column("id").to_pylist()) == [0, 1]
     assert len(list((tmp_path / "s").rglob("*.parquet"))) == 2  # the rejected files were deleted
-    table.write_spark(frame.where("k = 'a'"), "overwrite", partitions=[{"k": "a"}])
+    write_spark(table, frame.where("k = 'a'"), "overwrite", partitions=[{"k": "a"}])
     assert sorted(table.snapshot().to_arrow().column("id").to_pylist()) == [1, 5]
 
 

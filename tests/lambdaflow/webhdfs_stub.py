@@ -39,14 +39,31 @@ def serve(root: Path) -> tuple[ThreadingHTTPServer, str]:
             self.wfile.write(data)
 
         def _missing(self, path: Path) -> None:
-            self._json(404, {"RemoteException": {"exception": "FileNotFoundException", "javaClassName": "java.io.FileNotFoundException", "message": f"File does not exist: {path}"}})
+            self._json(
+                404,
+                {
+                    "RemoteException": {
+                        "exception": "FileNotFoundException",
+                        "javaClassName": "java.io.FileNotFoundException",
+                        "message": f"File does not exist: {path}",
+                    }
+                },
+            )
 
         @staticmethod
         def _status(path: Path) -> dict:
-            return {"pathSuffix": path.name, "type": "DIRECTORY" if path.is_dir() else "FILE", "length": 0 if path.is_dir() else path.stat().st_size,
-                    "modificationTime": int(path.stat().st_mtime * 1000), "permission": "755", "owner": "lambdaflow", "group": "supergroup", "replication": 1}
+            return {
+                "pathSuffix": path.name,
+                "type": "DIRECTORY" if path.is_dir() else "FILE",
+                "length": 0 if path.is_dir() else path.stat().st_size,
+                "modificationTime": int(path.stat().st_mtime * 1000),
+                "permission": "755",
+                "owner": "lambdaflow",
+                "group": "supergroup",
+                "replication": 1,
+            }
 
-        def do_PUT(self) -> None:  # noqa: N802 - http.server naming
+        def do_PUT(self) -> None:
             path, query = self._target()
             op = query["op"][0]
             if op == "CREATE" and "datanode" not in query:
@@ -56,7 +73,9 @@ def serve(root: Path) -> tuple[ThreadingHTTPServer, str]:
                 self.end_headers()
             elif op == "CREATE":
                 if path.exists() and query.get("overwrite", ["false"])[0].lower() != "true":
-                    self._json(403, {"RemoteException": {"exception": "FileAlreadyExistsException", "javaClassName": "x", "message": str(path)}})
+                    self._json(
+                        403, {"RemoteException": {"exception": "FileAlreadyExistsException", "javaClassName": "x", "message": str(path)}}
+                    )
                     return
                 path.parent.mkdir(parents=True, exist_ok=True)
                 length = int(self.headers.get("Content-Length") or 0)
@@ -70,7 +89,7 @@ def serve(root: Path) -> tuple[ThreadingHTTPServer, str]:
             else:
                 self._json(400, {"RemoteException": {"exception": "UnsupportedOperationException", "javaClassName": "x", "message": op}})
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             path, query = self._target()
             op = query["op"][0]
             if not path.exists():
@@ -89,14 +108,17 @@ def serve(root: Path) -> tuple[ThreadingHTTPServer, str]:
             else:
                 self._json(400, {"RemoteException": {"exception": "UnsupportedOperationException", "javaClassName": "x", "message": op}})
 
-        def do_DELETE(self) -> None:  # noqa: N802
+        def do_DELETE(self) -> None:
             path, query = self._target()
             if not path.exists():
                 self._json(200, {"boolean": False})
                 return
             if path.is_dir():
                 if query.get("recursive", ["false"])[0].lower() != "true" and any(path.iterdir()):
-                    self._json(403, {"RemoteException": {"exception": "PathIsNotEmptyDirectoryException", "javaClassName": "x", "message": str(path)}})
+                    self._json(
+                        403,
+                        {"RemoteException": {"exception": "PathIsNotEmptyDirectoryException", "javaClassName": "x", "message": str(path)}},
+                    )
                     return
                 shutil.rmtree(path)
             else:

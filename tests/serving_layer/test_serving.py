@@ -12,6 +12,7 @@ import pytest
 import sqlglot
 
 from batch_layer.views import expire_speed_rows, recompute_views
+from lambdaflow.contracts.speed import SpeedTables
 from lambdaflow.sample_data import generate
 from lambdaflow.schemas import INGEST_SEQ
 from lambdaflow.sql import parse_trino
@@ -19,9 +20,7 @@ from serving_layer.engine import QueryError, open_session
 from serving_layer.sql import view_definitions
 from serving_layer.trino import ddl_statements
 from serving_layer.verify import verify
-from speed_layer.outputs import SpeedTables
-from tests.conftest import run_cli
-from tests.conftest import SpeedEnv
+from tests.conftest import SpeedEnv, run_cli
 from tests.speed_layer.test_speed_layer import drain, send
 
 
@@ -112,7 +111,9 @@ def test_generated_trino_sql_parses_and_runs_on_the_embedded_engine(settings) ->
     assert {"unified_account_hourly", "unified_account_profile", "model_performance", "serving_freshness"} <= set(definitions)
     for statement in ddl_statements(settings):
         if statement.startswith("CALL"):  # sqlglot has no grammar for CALL: check its shape instead
-            assert re.fullmatch(r"CALL \"\w+\"\.system\.register_table\(schema_name => '\w+', table_name => '\w+', table_location => '[^']+'\)", statement)
+            assert re.fullmatch(
+                r"CALL \"\w+\"\.system\.register_table\(schema_name => '\w+', table_name => '\w+', table_location => '[^']+'\)", statement
+            )
         else:
             parsed = parse_trino(statement)
             assert isinstance(parsed, sqlglot.exp.Create)
@@ -138,7 +139,9 @@ def test_cli_query_formats(settings, test_profile) -> None:
     assert bad.returncode == 1 and "nowhere" in bad.stderr
 
 
-@pytest.mark.skipif(not os.environ.get("LAMBDAFLOW_TRINO_URL"), reason="no Trino server here: set LAMBDAFLOW_TRINO_URL=http://host:port to run against one")
+@pytest.mark.skipif(
+    not os.environ.get("LAMBDAFLOW_TRINO_URL"), reason="no Trino server here: set LAMBDAFLOW_TRINO_URL=http://host:port to run against one"
+)
 def test_trino_client_applies_ddl_and_queries(settings) -> None:
     from urllib.parse import urlparse
 

@@ -16,15 +16,14 @@ import pyarrow.compute as pc
 from kafka import KafkaProducer
 
 from lambdaflow import producer, registry, services
+from lambdaflow.contracts.commits import app_id
+from lambdaflow.contracts.speed import SpeedTables
+from lambdaflow.faults import CRASH_AT_ENV
 from lambdaflow.features import FeatureFunction
 from lambdaflow.sample_data import generate
 from lambdaflow.schemas import INGEST_SEQ
-from lambdaflow.faults import CRASH_AT_ENV
-from speed_layer.microbatch import app_id
-from speed_layer.outputs import SpeedTables
 from speed_layer.runner import SpeedLayer
-from tests.conftest import ROOT
-from tests.conftest import SpeedEnv
+from tests.conftest import ROOT, SpeedEnv
 
 SPEED = [sys.executable, "-m", "speed_layer"]
 
@@ -41,7 +40,9 @@ def start(env: SpeedEnv, *extra: str, crash_after: str | None = None) -> subproc
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     if crash_after:
         environment[CRASH_AT_ENV] = f"after:{crash_after}"
-    return subprocess.Popen([*SPEED, *env.cli_args, *extra], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*SPEED, *env.cli_args, *extra], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def drain(env: SpeedEnv, idle: float = 4) -> str:
@@ -160,7 +161,7 @@ def test_hot_reload_keeps_the_old_model_when_the_new_one_is_bad(speed_env: Speed
     settings = speed_env.settings
     layer = SpeedLayer(settings, metrics_port=0)
     scorer = layer.pipeline.scorer
-    scorer.maybe_reload(force=True)
+    scorer.refresh(force=True)
     assert scorer.version is None  # no model yet: events are kept, predictions unscored
     features = FeatureFunction(settings.pipeline).names
 
@@ -179,10 +180,10 @@ def test_hot_reload_keeps_the_old_model_when_the_new_one_is_bad(speed_env: Speed
         return version
 
     good = register_model(corrupt=False)
-    scorer.maybe_reload(force=True)
+    scorer.refresh(force=True)
     assert scorer.version == good
     register_model(corrupt=True)
-    scorer.maybe_reload(force=True)
+    scorer.refresh(force=True)
     assert scorer.version == good  # refused the bad champion, kept scoring with the old one
     table = FeatureFunction(settings.pipeline).compute(generate(10, days=1).events)
     assert scorer.score(table).shape == (10,)

@@ -10,14 +10,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lambdaflow.config import load_pipeline
-from speed_layer.validation import RawRecord, Validator
+from lambdaflow.validation import RawRecord, Validator
 from tests.conftest import ROOT
 
 PIPELINE = load_pipeline(ROOT / "conf/pipeline.yaml")
 VALIDATOR = Validator(PIPELINE.events.fields, PIPELINE.source.max_payload_bytes)
 GOOD = {
-    "event_id": "e1", "account_id": "acc-1", "merchant_id": "m-1", "mcc": 5411, "amount": 12.5, "currency": "EUR",
-    "country": "DE", "channel": "pos", "card_present": True, "event_time": "2026-01-01T10:00:00.000001Z",
+    "event_id": "e1",
+    "account_id": "acc-1",
+    "merchant_id": "m-1",
+    "mcc": 5411,
+    "amount": 12.5,
+    "currency": "EUR",
+    "country": "DE",
+    "channel": "pos",
+    "card_present": True,
+    "event_time": "2026-01-01T10:00:00.000001Z",
 }
 
 

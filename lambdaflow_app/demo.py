@@ -7,6 +7,10 @@
    DB under the storage root): batch views, training set, train and promote a champion, expire;
 5. stream a day of live events (with a few malformed records) — now scored by the champion;
 6. query the unified views, run ``verify``, and print a report; stop what the demo started.
+
+The demo generates sample card transactions, so it runs on a pipeline the
+sample fits (the default ``conf/pipeline.yaml``); everything after producing
+speaks the pipeline's own names (views, keys, time column).
 """
 
 from __future__ import annotations
@@ -22,8 +26,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from lambdaflow import producer, sample_data, services
-from lambdaflow.config import Settings
+from lambdaflow import producer, registry, sample_data, services
+from lambdaflow.config import Settings, ViewSpec
+from lambdaflow.contracts.batch import batch_watermark
+from lambdaflow.contracts.paths import PREDICTIONS, batch_view, local_path, sql_name, table_uri
+from lambdaflow.errors import ConfigError
+from lambdaflow.tables import Table
+from lambdaflow.views import quote
+from lambdaflow_app import airflow_local
+from serving_layer.sql import FRESHNESS_VIEW, unified_name
 
 console = Console()
 
@@ -64,7 +75,10 @@ class Demo:
                 kafka.send(p.source.topic, key=b"junk", value=payloads[i % len(payloads)])
             kafka.flush()
             kafka.close()
-        console.print(f"  sent {report.total:,} records ({', '.join(f'{t}: {n:,}' for t, n in report.sent.items())})" + (f" + {junk} malformed" if junk else ""))
+        console.print(
+            f"  sent {report.total:,} records ({', '.join(f'{t}: {n:,}' for t, n in report.sent.items())})"
+            + (f" + {junk} malformed" if junk else "")
+        )
 
     def speed(self, expected: int) -> list[Any]:
         import logging
@@ -73,12 +87,18 @@ class Demo:
 
         configure_logging(logging.WARNING)
         layer = SpeedLayer(self.settings, metrics_port=0)
-        with Progress(TextColumn("  speed layer"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), console=console) as bar:
+        with Progress(
+            TextColumn("  speed layer"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), console=console
+        ) as bar:
             task = bar.add_task("speed", total=expected, info="")
 
             def advance(result: Any) -> None:
                 model = f"model v{result.model_version}" if result.model_version else "no model yet"
-                bar.update(task, advance=result.records, info=f"batch {result.seq}: +{result.appended:,} events, +{result.labels:,} labels, {result.quarantined} quarantined, {model}")
+                bar.update(
+                    task,
+                    advance=result.records,
+                    info=f"batch {result.seq}: +{result.appended:,} events, +{result.labels:,} labels, {result.quarantined} quarantined, {model}",
+                )
 
             results = layer.run(idle_exit_seconds=3, on_batch=advance)
         return results
@@ -87,17 +107,13 @@ class Demo:
         """One run of the `lambdaflow_batch` DAG through Airflow (SQLite metadata DB under the storage root)."""
         import re
 
-        from batch_layer.views import published_watermark
-        from lambdaflow import airflow_local, registry
-        from lambdaflow.paths import batch_view, table_uri
-        from lambdaflow.tables import Table
-
         env = airflow_local.airflow_env(self.settings)
         with console.status("  preparing the Airflow metadata DB…"):
             airflow_local.migrate(env)
         started = re.compile(r"\[DAG TEST\] starting task_id=(\w+)")
         ended = re.compile(r"\[DAG TEST\] end task task_id=(\w+)")
         with console.status("  airflow dags test lambdaflow_batch …") as status:
+
             def follow(line: str) -> None:
                 if m := started.search(line):
                     status.update(f"  airflow: running [bold]{m.group(1)}[/] …")
@@ -114,11 +130,11 @@ class Demo:
             console.print("".join(lines[-40:]))
             raise RuntimeError(f"the batch DAG run failed (the end of its log is above, all of it in {log_file})")
         first_view = next(iter(self.settings.pipeline.view_by_name))
-        watermark = published_watermark(Table(table_uri(self.settings.profile, batch_view(first_view))))
+        watermark = batch_watermark(Table(table_uri(self.settings.profile, batch_view(first_view))).snapshot())
         version = registry.champion_version(self.settings)
         tags = registry.client(self.settings).get_model_version(registry.model_name(self.settings), str(version)).tags
         metrics = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
-        plot = Path(self.settings.profile.storage.uri.removeprefix("file://")) / "plots" / f"evaluation-v{version}.png"
+        plot = local_path(self.settings.profile.storage.uri) / "plots" / f"evaluation-v{version}.png"
         console.print(f"  champion v{version}: ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}")
         self.report.update(watermark=watermark, model={"version": version, "metrics": metrics, "plot": str(plot)})
 
@@ -126,20 +142,22 @@ class Demo:
         from serving_layer.engine import open_session
 
         session = open_session(self.settings)
-        top = session.query(
-            'SELECT "account_id", "txn_count", ROUND("amount_mean", 2) AS "amount_mean", "last_country" '
-            'FROM "unified_account_profile" ORDER BY "txn_count" DESC LIMIT 5'
-        )
-        _print("busiest accounts (unified_account_profile)", top)
+        view = _showcase_view(self.settings.pipeline.views)
+        order = next((name for name, agg in view.aggregates.items() if agg.fn == "count"), next(iter(view.aggregates)))
+        shown = ", ".join(quote(c) for c in [*view.keys, *list(view.aggregates)[:3]])
+        top = session.query(f"SELECT {shown} FROM {quote(unified_name(view.name))} ORDER BY {quote(order)} DESC LIMIT 5")
+        _print(f"top keys by {order} ({unified_name(view.name)})", top)
         alerts = session.query(
             'SELECT "model_version", COUNT(*) AS events, SUM(CASE WHEN "decision" THEN 1 ELSE 0 END) AS alerts, '
-            'ROUND(AVG("score"), 4) AS mean_score FROM "predictions" WHERE "scored" GROUP BY "model_version"'
+            f'ROUND(AVG("score"), 4) AS mean_score FROM {quote(sql_name(PREDICTIONS))} WHERE "scored" GROUP BY "model_version"'
         )
         _print("live scoring (predictions)", alerts)
-        _print("freshness (serving_freshness)", session.query('SELECT * FROM "serving_freshness"'))
-        counts = session.query('SELECT (SELECT COUNT(*) FROM "master_events") AS events, (SELECT COUNT(*) FROM "quarantine") AS quarantined')
+        _print(f"freshness ({FRESHNESS_VIEW})", session.query(f"SELECT * FROM {quote(FRESHNESS_VIEW)}"))
+        counts = session.query(
+            'SELECT (SELECT COUNT(*) FROM "master_events") AS events, (SELECT COUNT(*) FROM "quarantine") AS quarantined'
+        )
         self.report.update(counts.to_pylist()[0])
-        newest = session.query('SELECT MAX("_ingested_at") AS t, MAX("event_time") AS e FROM "master_events"').to_pylist()[0]
+        newest = session.query('SELECT MAX("_ingested_at") AS t FROM "master_events"').to_pylist()[0]
         self.report["freshness_s"] = (dt.datetime.now(dt.timezone.utc) - newest["t"]).total_seconds() if newest["t"] else None
 
     def verify(self) -> bool:
@@ -166,9 +184,12 @@ class Demo:
                 lambda: sample_data.generate(self.events, self.days, seed=7),
             )
             self.stage("   … produced to Kafka with their chargebacks", lambda: self.produce(history))
-            self.stage("3. speed layer over the history (no model yet: events kept, predictions unscored)", lambda: self.speed(history.events.num_rows + history.labels.num_rows))
+            self.stage(
+                "3. speed layer over the history (no model yet: events kept, predictions unscored)",
+                lambda: self.speed(history.events.num_rows + history.labels.num_rows),
+            )
             self.stage("4. batch cycle through Airflow: views → training set → XGBoost → champion → expiry", self.batch_cycle)
-            end = history.events["event_time"][-1].as_py()
+            end = history.events[self.settings.pipeline.events.time_column][-1].as_py()
             live = sample_data.generate(self.live_events, 1.0, seed=8, start=end + dt.timedelta(seconds=1))
             self.stage(f"5. live: {self.live_events:,} fresh events, a few malformed", lambda: self.produce(live, junk=40))
             self.stage("   … scored by the champion as they arrive", lambda: self.speed(live.events.num_rows + live.labels.num_rows + 40))
@@ -191,8 +212,11 @@ class Demo:
         table.add_row("batch watermark W", str(r.get("watermark")))
         if model is not None:
             m = model["metrics"]
-            table.add_row("champion model", f"v{model['version']}: ROC-AUC {m['roc_auc']:.3f}, PR-AUC {m['pr_auc']:.3f}, "
-                          f"precision {m['precision_at_threshold']:.2f} / recall {m['recall_at_threshold']:.2f} at the alert threshold")
+            table.add_row(
+                "champion model",
+                f"v{model['version']}: ROC-AUC {m['roc_auc']:.3f}, PR-AUC {m['pr_auc']:.3f}, "
+                f"precision {m['precision_at_threshold']:.2f} / recall {m['recall_at_threshold']:.2f} at the alert threshold",
+            )
             table.add_row("evaluation plot", model["plot"])
         if r.get("freshness_s") is not None:
             table.add_row("freshness", f"newest event ingested {r['freshness_s']:.0f}s ago")
@@ -200,7 +224,15 @@ class Demo:
         table.add_row("tables", self.settings.profile.storage.uri)
         table.add_row("took", f"{seconds / 60:.1f} min")
         console.print(table)
-        console.print("Next: [bold]lambdaflow query 'SELECT * FROM unified_account_profile LIMIT 5'[/] · [bold]lambdaflow tables list[/] · [bold]lambdaflow verify[/]")
+        example = unified_name(_showcase_view(self.settings.pipeline.views).name)
+        console.print(
+            f"Next: [bold]lambdaflow query 'SELECT * FROM {example} LIMIT 5'[/] · [bold]lambdaflow tables list[/] · [bold]lambdaflow verify[/]"
+        )
+
+
+def _showcase_view(views: list[ViewSpec]) -> ViewSpec:
+    """The view the report shows: the first all-time view with a count, else the first view."""
+    return next((v for v in views if v.bucket is None and any(a.fn == "count" for a in v.aggregates.values())), views[0])
 
 
 def _print(title: str, result: Any) -> None:
@@ -213,8 +245,17 @@ def _print(title: str, result: Any) -> None:
 
 
 def run(settings: Settings, events: int = 300_000, days: float = 30.0, live_events: int = 20_000, keep_services: bool = False) -> bool:
-    """Run the demo; True when verify found zero differences."""
+    """Run the demo; True when verify found zero differences.
+
+    Raises:
+        ConfigError: the sample generator does not fit the pipeline, or it declares no view.
+    """
     import logging
+
+    missing = sample_data.missing_fields(settings.pipeline)
+    if missing or not settings.pipeline.views:
+        why = f"its events also need {missing}" if missing else "it declares no view"
+        raise ConfigError(f"the demo generates sample card transactions, which do not fit pipeline {settings.pipeline.name!r}: {why}")
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # the client's event-loop timing warnings are noise here

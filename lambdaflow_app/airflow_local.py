@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lambdaflow.config import Settings
+from lambdaflow.contracts.paths import local_path
+from lambdaflow.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
@@ -21,8 +23,8 @@ def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
     """Environment for Airflow processes: home under the storage root, our DAGs, our configuration."""
     uri = settings.profile.storage.uri
     if not uri.startswith("file://"):
-        raise ValueError("the local Airflow needs a local storage root (storage.kind: local)")
-    home = Path(uri.removeprefix("file://")) / "airflow"
+        raise ConfigError(f"the local Airflow needs a local storage root (storage.kind: local); the profile has {uri}")
+    home = local_path(uri) / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,

@@ -9,13 +9,12 @@ import pyarrow.compute as pc
 
 from lambdaflow import services
 from lambdaflow.config import Settings
+from lambdaflow.contracts.commits import app_id
+from lambdaflow.contracts.speed import SpeedTables
+from lambdaflow.errors import UnhealthyError
 from lambdaflow.schemas import INGEST_SEQ, INGESTED_AT
-from speed_layer.microbatch import app_id
-from speed_layer.outputs import SpeedTables
 
-
-class UnhealthyError(RuntimeError):
-    """A health threshold is crossed; the message names each one."""
+__all__ = ["Health", "UnhealthyError", "assert_healthy", "check", "consumer_lag"]
 
 
 @dataclass
@@ -36,7 +35,11 @@ def consumer_lag(settings: Settings) -> int | None:
 
     pipeline = settings.pipeline
     topics = [t for t in (pipeline.source.topic, pipeline.labels.topic if pipeline.labels else None) if t]
-    consumer = KafkaConsumer(bootstrap_servers=services.bootstrap_servers(settings.profile), group_id=settings.profile.speed.consumer_group, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=services.bootstrap_servers(settings.profile),
+        group_id=settings.profile.speed.consumer_group,
+        enable_auto_commit=False,
+    )
     try:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
         if not tps:
@@ -75,7 +78,9 @@ def check(settings: Settings, recent_batches: int = 50) -> Health:
     if staleness is not None and staleness > limits.max_staleness:
         problems.append(f"newest ingest {staleness:.0f}s ago > health.max_staleness {limits.max_staleness}s")
     if rate > limits.max_quarantine_rate:
-        problems.append(f"quarantine rate {rate:.2%} over the last {recent_batches} batches > health.max_quarantine_rate {limits.max_quarantine_rate:.2%}")
+        problems.append(
+            f"quarantine rate {rate:.2%} over the last {recent_batches} batches > health.max_quarantine_rate {limits.max_quarantine_rate:.2%}"
+        )
     return Health(lag, staleness, rate, last, problems)
 
 

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow.fs as pafs
 
 from lambdaflow.config import ProfileConfig
+
+__all__ = [
+    "MASTER_EVENTS",
+    "MASTER_LABELS",
+    "PREDICTIONS",
+    "QUARANTINE",
+    "RUNS",
+    "TRAINING_SET",
+    "batch_view",
+    "existing_tables",
+    "local_path",
+    "speed_view",
+    "sql_name",
+    "table_uri",
+]
 
 #: Raw events, appended exactly once by the speed layer (the immutable master dataset).
 MASTER_EVENTS = "master/events"
@@ -16,6 +33,10 @@ QUARANTINE = "quarantine"
 PREDICTIONS = "predictions"
 #: Point-in-time training sets built by the batch layer.
 TRAINING_SET = "batch/_training_set"
+#: One row per completed batch cycle (run id, master version, W, view versions).
+RUNS = "batch/_runs"
+#: Directories under the storage root that never hold a table of ours (Spark staging, Delta's log).
+_NOT_TABLES = frozenset({"_staging", "_delta_log"})
 
 
 def batch_view(view: str) -> str:
@@ -29,8 +50,11 @@ def speed_view(view: str) -> str:
 
 
 def sql_name(name: str) -> str:
-    """The table's name in SQL (Trino and the embedded engine): ``batch/account_hourly`` → ``batch_account_hourly``."""
-    return name.strip("/").replace("/", "_").lstrip("_")
+    """The table's name in SQL (Trino and the embedded engine).
+
+    ``batch/account_hourly`` → ``batch_account_hourly``, ``batch/_runs`` → ``batch_runs``.
+    """
+    return "_".join(part.strip("_") for part in name.strip("/").split("/") if part.strip("_"))
 
 
 def table_uri(profile: ProfileConfig, name: str) -> str:
@@ -56,8 +80,21 @@ def existing_tables(profile: ProfileConfig, max_depth: int = 3) -> list[tuple[st
             return
         if depth < max_depth:
             for e in entries:
-                if e.type == pafs.FileType.Directory and not e.base_name.startswith(("_", ".")):
+                if e.type == pafs.FileType.Directory and not e.base_name.startswith(".") and e.base_name not in _NOT_TABLES:
                     walk(e.path, depth + 1)
 
     walk(base, 0)
     return sorted(found)
+
+
+def local_path(uri: str) -> Path:
+    """The local directory of a ``file://`` URI (or a plain path).
+
+    Raises:
+        ValueError: the URI names another file system (e.g. ``hdfs://``).
+    """
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    if "://" in uri:
+        raise ValueError(f"{uri} is not on the local disk: this needs a storage root with storage.kind: local")
+    return Path(uri)

@@ -1,17 +1,42 @@
-"""The master dataset: ``master/events``, immutable, appended exactly once, partitioned by event date."""
+"""The master dataset: ``master/events`` and ``master/labels``, immutable, appended exactly once.
+
+Also the one rule for duplicate deliveries: of several rows with the same event
+id, the **first copy** counts — the one with the smallest (``_ingest_seq``,
+``_kafka_partition``, ``_kafka_offset``), then event time. The batch layer
+(Spark), the speed layer and ``verify`` (Arrow) all apply :data:`FIRST_COPY_ORDER`.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdaflow.config import EventsSpec, LabelsSpec, Settings
-from lambdaflow.paths import MASTER_EVENTS, MASTER_LABELS, table_uri
+from lambdaflow.contracts.paths import MASTER_EVENTS, MASTER_LABELS, table_uri
 from lambdaflow.schemas import INGEST_SEQ, INGESTED_AT, KAFKA_OFFSET, KAFKA_PARTITION, fields_schema, master_schema, with_ingest_fields
 from lambdaflow.tables import Table
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+__all__ = [
+    "FIRST_COPY_ORDER",
+    "events_table",
+    "first_copies",
+    "first_copies_spark",
+    "ingest_columns",
+    "labels_schema",
+    "labels_table",
+    "to_label_rows",
+    "to_master_rows",
+]
+
+#: Which copy of a repeated delivery counts: the smallest of these, compared in this order (nulls last).
+FIRST_COPY_ORDER: tuple[str, ...] = (INGEST_SEQ, KAFKA_PARTITION, KAFKA_OFFSET)
 
 
 def events_table(settings: Settings, create: bool = True) -> Table:
@@ -87,3 +112,35 @@ def to_label_rows(
     columns = {name: labels.column(name) for name in spec.fields}
     columns.update(ingest_columns(labels.num_rows, seq, kafka_partitions, kafka_offsets, ingested_at))
     return pa.table(columns).cast(labels_schema(spec))
+
+
+def _order_columns(time_column: str) -> tuple[str, ...]:
+    return (*FIRST_COPY_ORDER, time_column)
+
+
+def first_copies(events: pa.Table, id_column: str, time_column: str) -> pa.Table:
+    """One row per event id, the first copy by :data:`FIRST_COPY_ORDER`; the rows kept stay in input order."""
+    if events.num_rows == 0:
+        return events
+    keys = []
+    for name in reversed(_order_columns(time_column)):  # np.lexsort: the last key is the primary one
+        if name in events.column_names:
+            column = events.column(name)
+            if pa.types.is_timestamp(column.type):
+                column = pc.cast(column, pa.int64())
+            keys.append(np.nan_to_num(column.to_numpy(zero_copy_only=False).astype(np.float64), nan=np.inf))
+    order = np.lexsort(keys) if keys else np.arange(events.num_rows)
+    ids = events.column(id_column).to_numpy(zero_copy_only=False)[order]
+    _, first = np.unique(ids, return_index=True)
+    if len(first) == events.num_rows:
+        return events
+    return events.take(pa.array(np.sort(order[first])))
+
+
+def first_copies_spark(events: DataFrame, id_column: str, time_column: str) -> DataFrame:
+    """:func:`first_copies` for Spark: one row per event id, the first copy by :data:`FIRST_COPY_ORDER`."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = Window.partitionBy(F.col(f"`{id_column}`")).orderBy(*[F.col(f"`{c}`").asc_nulls_last() for c in _order_columns(time_column)])
+    return events.withColumn("__copy", F.row_number().over(order)).where("__copy = 1").drop("__copy")

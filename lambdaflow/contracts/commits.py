@@ -1,0 +1,57 @@
+"""Commit metadata: the keys Lambdaflow writes into Delta commits, and the speed layer's writer identity.
+
+Every key is spelled here once. Readers and writers in every layer import these
+constants; a key written under one name and read under another cannot happen.
+See docs/architecture.md §3 (tables) and §5 (exactly once).
+"""
+
+from __future__ import annotations
+
+from lambdaflow.config import Settings
+
+__all__ = [
+    "APP_KEY",
+    "CUTOFF_KEY",
+    "EXPIRED_THROUGH_KEY",
+    "MASTER_VERSION_KEY",
+    "OFFSETS_END_KEY",
+    "OFFSETS_START_KEY",
+    "Offsets",
+    "RECORDS_KEY",
+    "SEQ_KEY",
+    "VALID_KEY",
+    "VIEW_FINGERPRINT_KEY",
+    "WATERMARK_KEY",
+    "app_id",
+]
+
+#: Batch-view, training-set commits: the watermark W (largest ``_ingest_seq``) of the master snapshot read.
+WATERMARK_KEY = "lambdaflow.watermark"
+#: Batch-view, training-set commits: the Delta version of ``master/events`` that was read.
+MASTER_VERSION_KEY = "lambdaflow.master_version"
+#: Batch-view commits: fingerprint of the view definition the rows were computed with.
+VIEW_FINGERPRINT_KEY = "lambdaflow.view_fingerprint"
+#: Training-set commits: what was known (labels and maturity are judged at this time).
+CUTOFF_KEY = "lambdaflow.cutoff"
+#: Speed-expiry commits: speed rows with ``_ingest_seq`` ≤ this were removed.
+EXPIRED_THROUGH_KEY = "lambdaflow.expired_through"
+
+#: ``master/events`` commits of the speed layer: the micro-batch sequence number ``s``.
+SEQ_KEY = "lambdaflow.seq"
+#: ``master/events`` commits of the speed layer: the writer identity (see :func:`app_id`).
+APP_KEY = "lambdaflow.app"
+#: ``master/events`` commits: next offset per topic/partition after this batch (cumulative over all batches).
+OFFSETS_END_KEY = "lambdaflow.offsets.end"
+#: ``master/events`` commits: first offset of this batch per topic/partition.
+OFFSETS_START_KEY = "lambdaflow.offsets.start"
+#: ``master/events`` commits: records consumed and records valid in the batch.
+RECORDS_KEY = "lambdaflow.records"
+VALID_KEY = "lambdaflow.valid"
+
+#: topic → partition (as text, for JSON) → offset
+Offsets = dict[str, dict[str, int]]
+
+
+def app_id(settings: Settings) -> str:
+    """The speed layer's writer identity in Delta ``txn`` actions: pipeline name + consumer group."""
+    return f"{settings.pipeline.name}/{settings.profile.speed.consumer_group}"
