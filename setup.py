@@ -6,7 +6,7 @@ transitive lock used by `make` lives in ``constraints.txt``.
 
 from setuptools import find_packages, setup
 
-# Versions known to co-install on Python 3.11 (DESIGN §8). Run `pip check` after any change.
+# Versions known to co-install on Python 3.11 (docs/architecture.md §9). Run `pip check` after any change.
 INSTALL_REQUIRES = [
     "apache-airflow==3.3.2",
     "apache-airflow-providers-apache-spark==6.3.4",
@@ -15,7 +15,7 @@ INSTALL_REQUIRES = [
     "pyspark==4.2.0",
     "pyspark-client==4.2.0",
     "pandas>=2.3,<2.4",  # pandas 3 breaks pyspark.pandas
-    "deltalake==1.6.6",  # the DESIGN §6 facts were measured on this release
+    "deltalake==1.6.6",  # the docs/architecture.md §7 facts were measured on this release
     "pyarrow==26.0.1",
     "kafka-python>=3.0,<3.1",
     "xgboost-cpu>=3.2,<3.3",  # plain `xgboost` pulls 0.5 GB of CUDA libraries

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from batch_layer.views import expire_speed_rows
 from lambdaflow.config import Settings
-from lambdaflow.contracts.batch import RUNS_SCHEMA, publish_history
+from lambdaflow.contracts.batch import RUNS_SCHEMA, publish_history, published_commit
 from lambdaflow.contracts.commits import MASTER_VERSION_KEY, WATERMARK_KEY
 from lambdaflow.contracts.master import events_table
 from lambdaflow.contracts.paths import RUNS, batch_view, existing_tables, table_uri
@@ -44,7 +44,10 @@ def publish(settings: Settings, run_id: str, master_version: int) -> dict[str, A
     versions, watermarks = {}, set()
     for name in compile_views(settings.pipeline):
         table = Table(table_uri(settings.profile, batch_view(name)))
-        commit = next((c for c in table.history() if WATERMARK_KEY in c), None)
+        try:
+            commit = published_commit(table) if table.exists() else None
+        except LookupError:
+            commit = None
         if commit is None or int(commit[MASTER_VERSION_KEY]) < master_version:
             raise CycleError(f"batch view {name} was not recomputed from master v{master_version}; rerun recompute_views")
         versions[name] = table.version()

@@ -21,8 +21,8 @@ import numpy as np
 
 from lambdaflow import registry, storage
 from lambdaflow.config import ModelSpec, Settings
-from lambdaflow.contracts.batch import LABEL
-from lambdaflow.contracts.commits import CUTOFF_KEY, WATERMARK_KEY
+from lambdaflow.contracts.batch import LABEL, published_commit
+from lambdaflow.contracts.commits import CUTOFF_KEY, MASTER_VERSION_KEY, WATERMARK_KEY
 from lambdaflow.contracts.paths import TRAINING_SET, table_uri
 from lambdaflow.features import FeatureFunction
 from lambdaflow.scoring import predict
@@ -168,12 +168,13 @@ def train(
     if not table.exists():
         raise TableMissingError(f"{table.uri} does not exist: run `lambdaflow batch training-set` first")
     snap = table.snapshot()
-    training_key = f"{snap.version}:{registry.params_fingerprint(spec)}"
+    commit = published_commit(table, snap.version)
+    # what was trained on, not the table version: maintenance adds versions with the same rows
+    training_key = f"{commit[MASTER_VERSION_KEY]}:{commit[CUTOFF_KEY]}:{registry.params_fingerprint(spec)}"
     done = registry.find_version(settings, "training_key", training_key)
     if done is not None and not shuffle_labels:  # this training set was already trained with these parameters
         return _already_trained(settings, done, started)
-    commit = next((c for c in table.history() if c.get("version") == snap.version), {})
-    watermark = int(commit.get(WATERMARK_KEY, -1))
+    watermark = int(commit[WATERMARK_KEY])
     frame = snap.to_spark(spark)
     time_column = settings.pipeline.events.time_column
     train_df, holdout_df, cut = split_by_time(frame, time_column, spec.holdout_fraction)

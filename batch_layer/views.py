@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lambdaflow.config import Settings
-from lambdaflow.contracts.batch import batch_table_schema, publish_history, view_fingerprint
+from lambdaflow.contracts.batch import batch_table_schema, expiry_horizon, view_fingerprint
 from lambdaflow.contracts.commits import EXPIRED_THROUGH_KEY, MASTER_VERSION_KEY, VIEW_FINGERPRINT_KEY, WATERMARK_KEY
 from lambdaflow.contracts.master import events_table, first_copies_spark
 from lambdaflow.contracts.paths import batch_view, speed_view, table_uri
@@ -150,9 +150,7 @@ def expire_speed_rows(settings: Settings) -> dict[str, int]:
     for name in compile_views(settings.pipeline):
         batch = Table(table_uri(settings.profile, batch_view(name)))
         speed = Table(table_uri(settings.profile, speed_view(name)))
-        history = publish_history(batch) if batch.exists() else []
-        distinct = sorted(set(history), reverse=True)
-        previous = distinct[1] if len(distinct) > 1 else -1
+        previous = expiry_horizon(batch)
         if previous >= 0 and speed.exists():
             for attempt in range(5):  # the speed layer may commit in between: retry on a fresh snapshot
                 try:

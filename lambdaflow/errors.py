@@ -15,8 +15,10 @@ __all__ = [
     "ConcurrentCommitError",
     "ConfigError",
     "CycleError",
+    "InputFileError",
     "LambdaflowError",
     "ModelVerificationError",
+    "OffsetGapError",
     "PartitionFilterError",
     "ProduceError",
     "QueryError",
@@ -69,8 +71,18 @@ class ServiceError(LambdaflowError, RuntimeError):
     """An embedded service did not start, stop or answer; the message names it and its log."""
 
 
+class InputFileError(LambdaflowError, ValueError):
+    """A file given to replay or load cannot be read; the message names the file and what is wrong."""
+
+
 class ProduceError(LambdaflowError, RuntimeError):
     """Records could not all be delivered to Kafka; the message says how many and why."""
+
+
+class OffsetGapError(LambdaflowError, RuntimeError):
+    """The Kafka log does not continue where the speed layer stopped; the message names topic, partition and offsets."""
+
+    exit_code = 3
 
 
 class ModelVerificationError(LambdaflowError, RuntimeError):

@@ -36,7 +36,7 @@ def consumer_lag(settings: Settings) -> int | None:
     pipeline = settings.pipeline
     topics = [t for t in (pipeline.source.topic, pipeline.labels.topic if pipeline.labels else None) if t]
     consumer = KafkaConsumer(
-        bootstrap_servers=services.bootstrap_servers(settings.profile),
+        **services.client_config(settings.profile),
         group_id=settings.profile.speed.consumer_group,
         enable_auto_commit=False,
     )

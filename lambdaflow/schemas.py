@@ -1,26 +1,29 @@
-"""Arrow schemas derived from the pipeline: events, the master table and the system columns.
+"""Arrow schemas derived from the pipeline: events, the master table's system columns, declared field types.
 
-One place for every system column name; layers import these constants instead
-of spelling the names again.
+The system column names live in :mod:`lambdaflow.columns` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
+from lambdaflow.columns import BATCH_WATERMARK, BUCKET, INGEST_SEQ, INGESTED_AT, KAFKA_OFFSET, KAFKA_PARTITION
 from lambdaflow.config import EventsSpec, FieldSpec
 
-#: Micro-batch sequence number ``s`` of the speed layer that ingested a row (DESIGN §3).
-INGEST_SEQ = "_ingest_seq"
-#: Kafka coordinates of the record a row came from.
-KAFKA_PARTITION = "_kafka_partition"
-KAFKA_OFFSET = "_kafka_offset"
-#: When the speed layer ingested the row.
-INGESTED_AT = "_ingested_at"
-#: Start of a view's time bucket.
-BUCKET = "_bucket"
-#: The batch watermark W a batch-view row was computed at.
-BATCH_WATERMARK = "_batch_watermark"
+__all__ = [
+    "BATCH_WATERMARK",
+    "BUCKET",
+    "INGESTED_AT",
+    "INGEST_FIELDS",
+    "INGEST_SEQ",
+    "KAFKA_OFFSET",
+    "KAFKA_PARTITION",
+    "arrow_type",
+    "event_schema",
+    "fields_schema",
+    "master_schema",
+    "with_ingest_fields",
+]
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),

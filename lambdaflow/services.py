@@ -32,7 +32,7 @@ from lambdaflow.contracts.paths import local_path
 from lambdaflow.errors import ServiceError
 
 ServiceName = Literal["broker", "moto"]
-#: Tansu's client session timeouts (DESIGN §7): a group joins after about half the session timeout.
+#: Tansu's client session timeouts (docs/architecture.md §8): a group joins after about half the session timeout.
 CONSUMER_TIMEOUTS: dict[str, int] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 _MOTO_BUCKET = "tansu"
 _MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lambdaflow", "AWS_SECRET_ACCESS_KEY": "lambdaflow", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -340,13 +340,44 @@ def bootstrap_servers(profile: ProfileConfig) -> list[str]:
     return [record.address]
 
 
-def ensure_topic(bootstrap: list[str], topic: str, partitions: int) -> None:
+#: How to reach Kafka: a bootstrap list (plaintext) or a full client configuration (:func:`client_config`).
+Endpoint = list[str] | dict[str, Any]
+
+
+def client_config(profile: ProfileConfig) -> dict[str, Any]:
+    """Keyword arguments for every kafka-python client (producer, consumer, admin): servers and security.
+
+    Raises:
+        ServiceError: the embedded broker is not running.
+    """
+    config: dict[str, Any] = {"bootstrap_servers": bootstrap_servers(profile)}
+    kafka = profile.kafka
+    if isinstance(kafka, ExternalKafka):
+        config["security_protocol"] = kafka.security_protocol
+        optional = {
+            "sasl_mechanism": kafka.sasl_mechanism,
+            "sasl_plain_username": kafka.sasl_username,
+            "sasl_plain_password": kafka.sasl_password,
+            "ssl_cafile": kafka.ssl_cafile,
+            "ssl_certfile": kafka.ssl_certfile,
+            "ssl_keyfile": kafka.ssl_keyfile,
+        }
+        config.update({k: v for k, v in optional.items() if v is not None})
+    return config
+
+
+def connect_kwargs(endpoint: Endpoint) -> dict[str, Any]:
+    """Client keyword arguments for an :data:`Endpoint`."""
+    return dict(endpoint) if isinstance(endpoint, dict) else {"bootstrap_servers": list(endpoint)}
+
+
+def ensure_topic(bootstrap: Endpoint, topic: str, partitions: int) -> None:
     """Create a topic with ``partitions`` partitions if it does not exist."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**connect_kwargs(bootstrap))
     try:
         if topic not in admin.list_topics():
             try:
@@ -357,17 +388,17 @@ def ensure_topic(bootstrap: list[str], topic: str, partitions: int) -> None:
         admin.close()
 
 
-def iter_topic(bootstrap: list[str], topic: str, idle_polls: int = 3, poll_ms: int = 500) -> Iterator[Any]:
+def iter_topic(bootstrap: Endpoint, topic: str, idle_polls: int = 3, poll_ms: int = 500) -> Iterator[Any]:
     """Read every record of a topic from the beginning, without a consumer group.
 
     Stops when every partition's position has reached the high-water mark seen
     in fetch responses and ``idle_polls`` polls in a row returned nothing
-    (``end_offsets()`` under-reports on this broker, DESIGN §7).
+    (``end_offsets()`` under-reports on this broker, docs/architecture.md §8).
     """
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, max_poll_records=5000, fetch_max_bytes=50 << 20
+        **connect_kwargs(bootstrap), enable_auto_commit=False, group_id=None, max_poll_records=5000, fetch_max_bytes=50 << 20
     )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -390,7 +421,7 @@ def iter_topic(bootstrap: list[str], topic: str, idle_polls: int = 3, poll_ms: i
         consumer.close()
 
 
-def count_records(bootstrap: list[str], topic: str) -> dict[int, int]:
+def count_records(bootstrap: Endpoint, topic: str) -> dict[int, int]:
     """Records per partition of a topic, counted by consuming them."""
     counts: dict[int, int] = {}
     for record in iter_topic(bootstrap, topic):
@@ -398,10 +429,11 @@ def count_records(bootstrap: list[str], topic: str) -> dict[int, int]:
     return counts
 
 
-def list_topics(bootstrap: list[str]) -> list[str]:
+def list_topics(bootstrap: Endpoint) -> list[str]:
+    """Topic names, without Kafka's internal ones."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**connect_kwargs(bootstrap))
     try:
         return sorted(t for t in admin.list_topics() if not t.startswith("__"))
     finally:

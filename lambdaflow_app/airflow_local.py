@@ -31,7 +31,7 @@ def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",  # keeps `airflow standalone` near 2 GB on this machine (DESIGN §7)
+        "AIRFLOW__CORE__PARALLELISM": "4",  # keeps `airflow standalone` near 2 GB on this machine (docs/architecture.md §8)
         "LAMBDAFLOW_PROFILE": str(settings.profile_path.resolve()),
         "LAMBDAFLOW_PIPELINE": str(settings.pipeline_path.resolve()),
         "LAMBDAFLOW_CONF": str(settings.profile_path.resolve().parent.parent),

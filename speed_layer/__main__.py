@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from lambdaflow.config import load_settings
+from lambdaflow.errors import LambdaflowError
 from lambdaflow.spark import finish
 from speed_layer.runner import main as run
 
@@ -16,7 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batches", type=int)
     parser.add_argument("--idle-exit", type=float, help="stop after this many seconds without records")
     args = parser.parse_args(argv)
-    return run(load_settings(args.profile, args.pipeline), args.max_batches, args.idle_exit)
+    try:
+        return run(load_settings(args.profile, args.pipeline), args.max_batches, args.idle_exit)
+    except LambdaflowError as exc:  # an expected stop (bad config, a gap in the log): one line, its exit code
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ class SpeedMetrics:
         self.consumed = Counter("lambdaflow_speed_consumed_records", "Kafka records consumed", registry=r)
         self.appended = Counter("lambdaflow_speed_appended_events", "valid events appended to master/events", registry=r)
         self.quarantined = Counter("lambdaflow_speed_quarantined_records", "records sent to quarantine", registry=r)
+        self.duplicates = Counter(
+            "lambdaflow_speed_duplicate_events", "repeated deliveries of an ingested event (kept in master/events, not counted again)", registry=r
+        )
         self.labels = Counter("lambdaflow_speed_labels", "labels appended to master/labels", registry=r)
         self.scored = Counter("lambdaflow_speed_scored_events", "events scored by a model", registry=r)
         self.batch_seconds = Histogram(
@@ -38,6 +41,7 @@ class SpeedMetrics:
         self.consumed.inc(result.records)
         self.appended.inc(result.appended)
         self.quarantined.inc(result.quarantined)
+        self.duplicates.inc(result.duplicates)
         self.labels.inc(result.labels)
         self.scored.inc(result.scored)
         self.batch_seconds.observe(result.seconds)

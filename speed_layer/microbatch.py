@@ -24,7 +24,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdaflow.config import Settings
-from lambdaflow.contracts.commits import APP_KEY, OFFSETS_END_KEY, OFFSETS_START_KEY, RECORDS_KEY, SEQ_KEY, VALID_KEY, Offsets, app_id
+from lambdaflow.contracts.commits import (
+    APP_KEY,
+    INGESTED_AT_KEY,
+    OFFSETS_END_KEY,
+    OFFSETS_LAST_KEY,
+    OFFSETS_START_KEY,
+    RECORDS_KEY,
+    SEQ_KEY,
+    VALID_KEY,
+    Offsets,
+    app_id,
+)
 from lambdaflow.contracts.master import first_copies, to_label_rows, to_master_rows
 from lambdaflow.contracts.paths import MASTER_EVENTS, MASTER_LABELS, PREDICTIONS, QUARANTINE, speed_view
 from lambdaflow.contracts.speed import SpeedTables, prediction_rows, quarantine_rows
@@ -34,6 +45,8 @@ from lambdaflow.schemas import INGEST_SEQ
 from lambdaflow.scoring import ChampionCache
 from lambdaflow.tables import Txn
 from lambdaflow.validation import RawRecord, Reject, Validator
+from speed_layer.continuity import check_replay
+from speed_layer.dedupe import SeenEvents
 from speed_layer.state import PriorState
 
 log = logging.getLogger(__name__)
@@ -53,6 +66,8 @@ class BatchResult:
     seconds: float
     max_event_time: dt.datetime | None = None
     skipped_tables: list[str] = field(default_factory=list)
+    #: events already ingested by an earlier micro-batch (kept in master/events, left out of everything else)
+    duplicates: int = 0
 
 
 class SpeedPipeline:
@@ -69,6 +84,7 @@ class SpeedPipeline:
         self.labels = Validator(pipeline.labels.fields, pipeline.source.max_payload_bytes) if pipeline.labels else None
         self.features = FeatureFunction(pipeline)
         self.prior = PriorState(settings, self.tables)
+        self.seen = SeenEvents(self.tables)
         self.scorer = ChampionCache(settings)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -90,12 +106,35 @@ class SpeedPipeline:
         seq = self.last_seq()
         return {} if seq == 0 else self.batch_commit(seq).get(OFFSETS_END_KEY, {})
 
+    def committed_fingerprints(self) -> Offsets:
+        """Fingerprint of the last ingested record per topic/partition (empty before the first batch)."""
+        seq = self.last_seq()
+        return {} if seq == 0 else self.batch_commit(seq).get(OFFSETS_LAST_KEY, {})
+
+    def load_state(self, below_seq: int | None = None) -> None:
+        """Rebuild the in-memory state from the tables: prior view state and the ids seen (before ``below_seq``)."""
+        self.prior.load(below_seq=below_seq)
+        self.seen.load(below_seq=below_seq)
+
     # ------------------------------------------------------------------ the batch
 
-    def process(self, records: Sequence[RawRecord], seq: int, start: Offsets, end: Offsets) -> BatchResult:
-        """Run micro-batch ``seq`` over ``records`` (the consumed range ``start``..``end``)."""
+    def process(
+        self,
+        records: Sequence[RawRecord],
+        seq: int,
+        start: Offsets,
+        end: Offsets,
+        now: dt.datetime | None = None,
+        last: Offsets | None = None,
+    ) -> BatchResult:
+        """Run micro-batch ``seq`` over ``records`` (the consumed range ``start``..``end``).
+
+        Args:
+            now: the batch's ingest time (a replay passes the time recorded by the first attempt).
+            last: fingerprint of the last record per topic/partition after this batch (cumulative).
+        """
         t0 = time.monotonic()
-        now = dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.timezone.utc)
         txn = Txn(self.app_id, seq)
         event_records = [r for r in records if r.topic == self.event_topic]
         label_records = [r for r in records if self.label_topic is not None and r.topic == self.label_topic]
@@ -118,6 +157,8 @@ class SpeedPipeline:
             OFFSETS_START_KEY: start,
             OFFSETS_END_KEY: end,
             RECORDS_KEY: len(records),
+            INGESTED_AT_KEY: now.isoformat(),
+            OFFSETS_LAST_KEY: last or {},
             VALID_KEY: valid.num_rows,
         }
         self._commit(
@@ -150,7 +191,8 @@ class SpeedPipeline:
         if label_rows is not None:
             self._commit(MASTER_LABELS, seq, lambda: self.tables.labels.append(label_rows, txn=txn, operation="speed-labels"), skipped)  # type: ignore[union-attr]
 
-        unique = first_copies(master_rows, spec.id_column, spec.time_column)
+        unique, duplicates = self.seen.drop_seen(first_copies(master_rows, spec.id_column, spec.time_column))
+        self.seen.add(unique)
         features = self.features.compute(unique, self.prior.states)
         partials = {}
         for name, view in self.tables.views.items():
@@ -180,6 +222,7 @@ class SpeedPipeline:
             round(time.monotonic() - t0, 4),
             max_time,
             skipped,
+            master_rows.num_rows - unique.num_rows,
         )
 
     def _commit(self, name: str, seq: int, commit: Callable[[], Any], skipped: list[str]) -> None:
@@ -199,17 +242,21 @@ class SpeedPipeline:
             The replayed batch, or None when nothing was behind.
         """
         seq = self.last_seq()
-        self.prior.load(below_seq=seq if seq else None)
         if seq == 0:
+            self.load_state()
             return None
         behind = [name for name, table in self.tables.all().items() if (table.txn_version(self.app_id) or 0) < seq]
         if not behind:
-            self.prior.load()
+            self.load_state()
             return None
+        self.load_state(below_seq=seq)  # the state the batch was first processed with
         commit = self.batch_commit(seq)
         start, end = commit.get(OFFSETS_START_KEY, {}), commit.get(OFFSETS_END_KEY, {})
         records = fetch(start, end)
+        check_replay(records, start, end, commit.get(RECORDS_KEY))
         log.warning("replaying micro-batch %s for %s (%s records)", seq, behind, len(records))
-        result = self.process(records, seq, start, end)
-        self.prior.load()
+        ingested = commit.get(INGESTED_AT_KEY)
+        when = dt.datetime.fromisoformat(ingested) if ingested else None
+        result = self.process(records, seq, start, end, now=when, last=commit.get(OFFSETS_LAST_KEY))
+        self.load_state()
         return result

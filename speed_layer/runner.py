@@ -23,9 +23,14 @@ from typing import Any
 from lambdaflow import services
 from lambdaflow.config import Settings
 from lambdaflow.contracts.commits import Offsets
+from lambdaflow.errors import OffsetGapError
 from lambdaflow.validation import RawRecord
+from speed_layer.continuity import Gap, acknowledgements, find_gaps, fingerprint, gap_row, raise_for
 from speed_layer.metrics import SpeedMetrics
 from speed_layer.microbatch import BatchResult, SpeedPipeline
+
+#: The command that acknowledges a gap (named in the error that stops the layer).
+ACKNOWLEDGE = "lambdaflow speed acknowledge-gap"
 
 log = logging.getLogger("lambdaflow.speed")
 
@@ -64,7 +69,7 @@ def _raw(record: Any) -> RawRecord:
     return RawRecord(record.topic, record.partition, record.offset, record.key, record.value, record.timestamp)
 
 
-def fetch_range(bootstrap: list[str], start: Offsets, end: Offsets) -> list[RawRecord]:
+def fetch_range(config: dict[str, Any], start: Offsets, end: Offsets) -> list[RawRecord]:
     """Read exactly the records in ``[start, end)`` of every listed partition (for replaying a batch)."""
     from kafka import KafkaConsumer, TopicPartition
 
@@ -72,7 +77,7 @@ def fetch_range(bootstrap: list[str], start: Offsets, end: Offsets) -> list[RawR
     wanted = {tp: (lo, hi) for tp, (lo, hi) in wanted.items() if hi > lo}
     if not wanted:
         return []
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(**config, enable_auto_commit=False, group_id=None)
     try:
         consumer.assign(list(wanted))
         for tp, (lo, _) in wanted.items():
@@ -81,7 +86,8 @@ def fetch_range(bootstrap: list[str], start: Offsets, end: Offsets) -> list[RawR
         deadline = time.monotonic() + 120
         while any(consumer.position(tp) < hi for tp, (_, hi) in wanted.items()):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"could not re-read the batch's records {wanted} (retention expired?)")
+                ranges = ", ".join(f"{tp.topic}[{tp.partition}] {lo}..{hi - 1}" for tp, (lo, hi) in wanted.items())
+                raise OffsetGapError(f"cannot re-read the last micro-batch's records ({ranges}) within 120s: expired or lost from Kafka?")
             for tp, batch in consumer.poll(timeout_ms=500).items():
                 hi = wanted[tp][1]
                 out += [_raw(r) for r in batch if r.offset < hi]
@@ -96,8 +102,12 @@ class SpeedLayer:
     def __init__(self, settings: Settings, metrics_port: int | None = None) -> None:
         self.settings = settings
         self.pipeline = SpeedPipeline(settings)
-        self.bootstrap = services.bootstrap_servers(settings.profile)
+        self.kafka = services.client_config(settings.profile)
         self.stopping = False
+        #: where an acknowledged gap lets a partition continue: (topic, partition) → offset
+        self.resume_at: dict[tuple[str, int], int] = {}
+        #: fingerprint of the last ingested record per topic/partition (cumulative, as committed)
+        self.fingerprints: Offsets = {}
         port = settings.profile.speed.metrics_port if metrics_port is None else metrics_port
         self.metrics = SpeedMetrics(port)
 
@@ -111,10 +121,11 @@ class SpeedLayer:
 
         speed = self.settings.profile.speed
         consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **self.kafka,
             group_id=speed.consumer_group,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # never jump silently: an out-of-range position is a gap or a reset, diagnosed in _poll_batch
+            auto_offset_reset="none",
             max_poll_records=min(speed.max_batch_records, 10_000),
             # static membership: a restarted instance takes its old place at once instead of
             # waiting a session timeout for the dead member to leave the group
@@ -132,17 +143,20 @@ class SpeedLayer:
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 recorded = layer.pipeline.committed_offsets()
+                positions = {t: dict(p) for t, p in recorded.items()}
                 for tp in assigned:
                     offset = recorded.get(tp.topic, {}).get(str(tp.partition))
+                    offset = layer.resume_at.get((tp.topic, tp.partition), offset)  # past an acknowledged gap
                     if offset is None:
                         consumer.seek_to_beginning(tp)
                     else:
                         consumer.seek(tp, offset)
-                layer.positions = {t: dict(p) for t, p in recorded.items()}
+                        positions.setdefault(tp.topic, {})[str(tp.partition)] = offset
+                layer.positions = positions
 
         topics = [t for t in (self.pipeline.event_topic, self.pipeline.label_topic) if t]
         for topic in topics:
-            services.ensure_topic(self.bootstrap, topic, self.settings.pipeline.source.partitions)
+            services.ensure_topic(self.kafka, topic, self.settings.pipeline.source.partitions)
         consumer.subscribe(topics, listener=SeekToDelta())
         return consumer
 
@@ -158,9 +172,10 @@ class SpeedLayer:
             signal.signal(signal.SIGINT, self.stop)
         # the champion first: a batch replayed by recovery is scored like any other
         self.pipeline.scorer.refresh(force=True)
-        replayed = self.pipeline.recover(lambda s, e: fetch_range(self.bootstrap, s, e))
+        replayed = self.pipeline.recover(lambda s, e: fetch_range(self.kafka, s, e))
         if replayed:
             log.warning("recovered micro-batch %s", replayed.seq, extra={"batch": replayed.__dict__})
+        self._check_continuity()
         self.positions: Offsets = self.pipeline.committed_offsets()
         consumer = self._consumer()
         seq = self.pipeline.last_seq()
@@ -172,7 +187,7 @@ class SpeedLayer:
                 records = self._poll_batch(consumer, speed.max_batch_records, speed.max_batch_seconds)
                 self.pipeline.scorer.refresh()
                 if self.pipeline.prior.stale():
-                    self.pipeline.prior.load()
+                    self.pipeline.load_state()
                 if not records:
                     if not self._caught_up(consumer):
                         idle_since = time.monotonic()  # quiet because not yet assigned or fetching: not idle
@@ -180,10 +195,10 @@ class SpeedLayer:
                         break
                     continue
                 idle_since = time.monotonic()
-                start, end = self._ranges(records)
+                start, end, last = self._ranges(records)
                 seq += 1
-                result = self.pipeline.process(records, seq, start, end)
-                self.positions = end
+                result = self.pipeline.process(records, seq, start, end, last=last)
+                self.positions, self.fingerprints = end, last
                 self._commit_group(consumer, end)
                 self.metrics.observe(result, self._lag(consumer))
                 log.info("micro-batch %s", seq, extra={"batch": result.__dict__})
@@ -198,27 +213,61 @@ class SpeedLayer:
         return results
 
     def _poll_batch(self, consumer: Any, max_records: int, max_seconds: float) -> list[RawRecord]:
+        from kafka.errors import OffsetOutOfRangeError
+
         records: list[RawRecord] = []
         deadline = time.monotonic() + max_seconds
         while len(records) < max_records and not self.stopping:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            polled = consumer.poll(timeout_ms=int(remaining * 1000), max_records=max_records - len(records))
+            try:
+                polled = consumer.poll(timeout_ms=int(remaining * 1000), max_records=max_records - len(records))
+            except OffsetOutOfRangeError as exc:
+                # the log moved under us (retention while lagging, a reset topic): say where, then stop;
+                # this batch's records are not committed, so the committed positions are where to look
+                raise_for(find_gaps(self.kafka, self.positions, self.fingerprints), ACKNOWLEDGE)
+                raise OffsetGapError(
+                    f"Kafka reports positions out of range ({exc}), but the log looks continuous now: restart the speed layer"
+                ) from exc
             for batch in polled.values():
                 records += [_raw(r) for r in batch]
         return records
 
-    def _ranges(self, records: list[RawRecord]) -> tuple[Offsets, Offsets]:
-        """Start offsets of this batch and the cumulative next offsets after it."""
+    def _ranges(self, records: list[RawRecord]) -> tuple[Offsets, Offsets, Offsets]:
+        """Start offsets of this batch, the cumulative next offsets after it, and the last record's fingerprints."""
         start: Offsets = {}
         end: Offsets = {t: dict(p) for t, p in self.positions.items()}
+        last: Offsets = {t: dict(p) for t, p in self.fingerprints.items()}
+        newest: dict[tuple[str, str], RawRecord] = {}
         for r in records:
             p = str(r.partition)
             start.setdefault(r.topic, {}).setdefault(p, r.offset)
             start[r.topic][p] = min(start[r.topic][p], r.offset)
             end.setdefault(r.topic, {})[p] = max(end.get(r.topic, {}).get(p, 0), r.offset + 1)
-        return start, end
+            if (r.topic, p) not in newest or r.offset > newest[(r.topic, p)].offset:
+                newest[(r.topic, p)] = r
+        for (topic, p), r in newest.items():
+            last.setdefault(topic, {})[p] = fingerprint(r)
+        return start, end, last
+
+    def _check_continuity(self) -> None:
+        """Stop unless every partition's log continues where the tables say the layer stopped (or a gap was acknowledged).
+
+        Raises:
+            OffsetGapError: naming each partition, its offsets and the command that acknowledges the gap.
+        """
+        recorded = self.pipeline.committed_offsets()
+        self.fingerprints = self.pipeline.committed_fingerprints()
+        acknowledged = acknowledgements(self.pipeline.tables.offset_gaps, self.pipeline.app_id)
+        gaps = find_gaps(self.kafka, recorded, self.fingerprints)
+        still_open = [g for g in gaps if (g.topic, g.partition, g.recorded_next) not in acknowledged]
+        raise_for(still_open, ACKNOWLEDGE)
+        for g in gaps:
+            self.resume_at[(g.topic, g.partition)] = acknowledged[(g.topic, g.partition, g.recorded_next)]
+            log.warning(
+                "continuing %s[%s] at offset %s past an acknowledged gap", g.topic, g.partition, self.resume_at[(g.topic, g.partition)]
+            )
 
     def _commit_group(self, consumer: Any, end: Offsets) -> None:
         from kafka import OffsetAndMetadata, TopicPartition
@@ -247,6 +296,22 @@ class SpeedLayer:
             if high is not None:
                 lag += max(0, high - consumer.position(tp))
         return lag
+
+
+def acknowledge_gap(settings: Settings, topic: str, partition: int, reason: str, by: str) -> Gap:
+    """Record that the gap of one partition is accepted as lost, so the speed layer continues past it.
+
+    Raises:
+        OffsetGapError: the partition has no gap to acknowledge.
+    """
+    pipeline = SpeedPipeline(settings)
+    recorded = pipeline.committed_offsets()
+    gaps = find_gaps(services.client_config(settings.profile), recorded, pipeline.committed_fingerprints())
+    gap = next((g for g in gaps if g.topic == topic and g.partition == partition), None)
+    if gap is None:
+        raise OffsetGapError(f"{topic}[{partition}] continues where the speed layer stopped: there is no gap to acknowledge")
+    pipeline.tables.offset_gaps.append(gap_row(gap, pipeline.app_id, reason, by), operation="acknowledge-gap")
+    return gap
 
 
 def main(settings: Settings, max_batches: int | None = None, idle_exit_seconds: float | None = None) -> int:

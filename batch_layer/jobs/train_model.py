@@ -18,10 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile")
     parser.add_argument("--pipeline")
     parser.add_argument("--master", dest="spark_master")
+    parser.add_argument("--shuffle-labels", action="store_true", help="train on random labels: a deliberately worse model")
     args = parser.parse_args(argv)
     settings = load_settings(args.profile, args.pipeline)
     spark = get_spark(settings.profile.spark, app_name="lambdaflow-train", master=args.spark_master)
-    print(train(settings, spark).to_json())
+    print(train(settings, spark, shuffle_labels=args.shuffle_labels).to_json())
     return 0
 
 

@@ -180,7 +180,10 @@ def _explain(error: ErrorDetails, model: type[BaseModel]) -> str:
     if error["type"] == "missing":
         return f"{key}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{key}: {message}; found {found!r}"
+    shown = repr(found)
+    if isinstance(found, dict | list) or len(shown) > 120:  # a whole section (a model-level check): the reason says it all
+        return f"{key}: {message}"
+    return f"{key}: {message}; found {shown}"
 
 
 def _validate(model: type[BaseModel], data: dict[str, Any], path: Path) -> Any:

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from lambdaflow.columns import RESERVED_COLUMNS
 from lambdaflow.config.common import StrictModel, _duration
 
 __all__ = [
@@ -87,6 +88,19 @@ class EventsSpec(StrictModel):
     time_column: str = Field(description="Event time (a timestamp field).")
     partition_key: str = Field(description="Kafka message key; per-key state follows partition order.")
     date_partition: str = Field(default="event_date", description="Derived date column the master table is partitioned by.")
+    max_future: Annotated[int, Field(gt=0)] = Field(
+        default=3600,
+        description="Accepted event-time window, upper side: an event whose time column lies more than this after "
+        "its ingest time is quarantined (e.g. '1h'; default 1h, for clock skew).",
+    )
+    max_age: Annotated[int, Field(gt=0)] = Field(
+        default=400 * 86400,
+        description="Accepted event-time window, lower side: an event whose time column lies more than this before "
+        "its ingest time is quarantined (e.g. '400d'; default 400d, so a year of history can be replayed).",
+    )
+
+    _max_future = field_validator("max_future", mode="before")(_duration)
+    _max_age = field_validator("max_age", mode="before")(_duration)
 
     @model_validator(mode="after")
     def _roles_exist(self) -> EventsSpec:
@@ -169,6 +183,22 @@ class FilterSpec(StrictModel):
     op: Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in"]
     value: str | int | float | bool | list[str | int | float | bool]
 
+    @model_validator(mode="after")
+    def _list_for_membership(self) -> FilterSpec:
+        """``in`` / ``not in`` take a list and the comparisons a single value.
+
+        A single string under ``in`` would be a list of characters to Spark and a list of one
+        string to Arrow: the batch and speed layers would disagree.
+
+        Raises:
+            ValueError: the value's shape does not fit the operator.
+        """
+        if self.op in ("in", "not in") and not isinstance(self.value, list):
+            raise ValueError(f"op {self.op!r} takes a list of values; write value: [{self.value!r}]")
+        if self.op not in ("in", "not in") and isinstance(self.value, list):
+            raise ValueError(f"op {self.op!r} compares with one value, found a list; use op: in")
+        return self
+
 
 class ViewSpec(StrictModel):
     """A view: key columns, an optional time bucket and named mergeable aggregates."""
@@ -247,6 +277,7 @@ class PipelineConfig(StrictModel):
             ValueError: a duplicate name, a reference that does not resolve, or a model without features or labels.
         """
         fields = self.events.fields
+        _check_event_roles(self.events)
         names = [v.name for v in self.views]
         if len(set(names)) != len(names):
             raise ValueError(f"view names must be unique, found {names}")
@@ -269,6 +300,23 @@ class PipelineConfig(StrictModel):
     def view_by_name(self) -> dict[str, ViewSpec]:
         """The declared views by name."""
         return {v.name: v for v in self.views}
+
+
+def _check_event_roles(events: EventsSpec) -> None:
+    """Event fields that would break the tables: system column names, a nullable event id.
+
+    Raises:
+        ValueError: naming the field and the fix.
+    """
+    clashing = sorted(name for name in events.fields if name in RESERVED_COLUMNS or name.startswith("__"))
+    if clashing:
+        raise ValueError(
+            f"event field(s) {clashing} use names reserved for system columns ({sorted(RESERVED_COLUMNS)}, and '__' prefixes); rename them"
+        )
+    if events.fields[events.id_column].nullable:
+        raise ValueError(
+            f"id_column {events.id_column!r} is declared nullable: duplicates are removed by it, so every event needs one; set nullable: false"
+        )
 
 
 def _check_view(view: ViewSpec, fields: dict[str, FieldSpec]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lambdaflow.config.common import StrictModel, _duration
 
@@ -79,6 +79,28 @@ class ExternalKafka(StrictModel):
     kind: Literal["external"]
     bootstrap_servers: list[str] = Field(min_length=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(default=None, description="With SASL_*.")
+    sasl_username: str | None = None
+    sasl_password: str | None = Field(default=None, description="A secret: write ${VAR} to take it from the environment.")
+    ssl_cafile: str | None = Field(default=None, description="CA bundle that signed the brokers' certificates (SSL, SASL_SSL).")
+    ssl_certfile: str | None = Field(default=None, description="Client certificate, for mutual TLS.")
+    ssl_keyfile: str | None = None
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> ExternalKafka:
+        """SASL needs a mechanism, a user and a password; plain protocols take none.
+
+        Raises:
+            ValueError: naming the missing or superfluous key.
+        """
+        sasl = self.security_protocol.startswith("SASL")
+        given = [k for k in ("sasl_mechanism", "sasl_username", "sasl_password") if getattr(self, k) is not None]
+        if sasl and len(given) < 3:
+            missing = sorted({"sasl_mechanism", "sasl_username", "sasl_password"} - set(given))
+            raise ValueError(f"security_protocol {self.security_protocol} needs {missing}")
+        if not sasl and given:
+            raise ValueError(f"{given} apply to security_protocol SASL_PLAINTEXT or SASL_SSL only")
+        return self
 
 
 #: Which Kafka the system talks to; ``kind`` picks the model.

@@ -12,6 +12,7 @@ every unexpired speed partial twice. See docs/architecture.md §4 (merge rule).
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,7 +30,9 @@ __all__ = [
     "RUNS_SCHEMA",
     "batch_table_schema",
     "batch_watermark",
+    "expiry_horizon",
     "publish_history",
+    "published_commit",
     "training_schema",
     "view_fingerprint",
 ]
@@ -71,9 +74,38 @@ def batch_watermark(rows: Snapshot | pa.Table) -> int:
     return NO_WATERMARK if value is None else int(value)
 
 
+def published_commit(table: Table, version: int | None = None) -> dict[str, Any]:
+    """The commit that published the rows of ``table`` as of ``version`` (default: latest).
+
+    That is the newest commit at or before ``version`` carrying a watermark; later maintenance
+    commits (compaction, checkpoints) change files, never rows, and carry none.
+
+    Raises:
+        TableMissingError: the table does not exist.
+        LookupError: nothing was published up to that version.
+    """
+    for commit in table.history():
+        if version is not None and int(commit.get("version", -1)) > version:
+            continue
+        if WATERMARK_KEY in commit:
+            return commit
+    raise LookupError(f"{table.uri}: nothing was published up to version {version if version is not None else 'latest'}")
+
+
 def publish_history(table: Table) -> list[int]:
     """Watermarks of a batch view's publishes, newest first (maintenance commits carry none and are skipped)."""
     return [int(c[WATERMARK_KEY]) for c in table.history() if WATERMARK_KEY in c]
+
+
+def expiry_horizon(table: Table) -> int:
+    """Speed rows with ``_ingest_seq`` up to this are absorbed by the *previous* publish of a batch view.
+
+    Expiry removes them, one batch run late (a reader holding the previous batch snapshot
+    still needs everything after it), and the speed layer's duplicate check remembers event
+    ids after it. :data:`NO_WATERMARK` until a view was published twice with different W.
+    """
+    distinct = sorted(set(publish_history(table)), reverse=True) if table.exists() else []
+    return distinct[1] if len(distinct) > 1 else NO_WATERMARK
 
 
 def training_schema(features: FeatureFunction, settings: Settings) -> pa.Schema:

@@ -13,8 +13,10 @@ __all__ = [
     "APP_KEY",
     "CUTOFF_KEY",
     "EXPIRED_THROUGH_KEY",
+    "INGESTED_AT_KEY",
     "MASTER_VERSION_KEY",
     "OFFSETS_END_KEY",
+    "OFFSETS_LAST_KEY",
     "OFFSETS_START_KEY",
     "Offsets",
     "RECORDS_KEY",
@@ -42,8 +44,13 @@ SEQ_KEY = "lambdaflow.seq"
 APP_KEY = "lambdaflow.app"
 #: ``master/events`` commits: next offset per topic/partition after this batch (cumulative over all batches).
 OFFSETS_END_KEY = "lambdaflow.offsets.end"
+#: ``master/events`` commits: fingerprint of the last ingested record per topic/partition (cumulative), to
+#: recognise a recreated topic whose new log reaches past the recorded position.
+OFFSETS_LAST_KEY = "lambdaflow.offsets.last"
 #: ``master/events`` commits: first offset of this batch per topic/partition.
 OFFSETS_START_KEY = "lambdaflow.offsets.start"
+#: ``master/events`` commits: the batch's ingest time (ISO 8601); a replay validates against the same time.
+INGESTED_AT_KEY = "lambdaflow.ingested_at"
 #: ``master/events`` commits: records consumed and records valid in the batch.
 RECORDS_KEY = "lambdaflow.records"
 VALID_KEY = "lambdaflow.valid"

@@ -11,6 +11,7 @@ from lambdaflow.config import ProfileConfig
 __all__ = [
     "MASTER_EVENTS",
     "MASTER_LABELS",
+    "OFFSET_GAPS",
     "PREDICTIONS",
     "QUARANTINE",
     "RUNS",
@@ -33,6 +34,8 @@ QUARANTINE = "quarantine"
 PREDICTIONS = "predictions"
 #: Point-in-time training sets built by the batch layer.
 TRAINING_SET = "batch/_training_set"
+#: Kafka offset ranges an operator acknowledged as lost (retention gap, reset topic), one row each.
+OFFSET_GAPS = "offset_gaps"
 #: One row per completed batch cycle (run id, master version, W, view versions).
 RUNS = "batch/_runs"
 #: Directories under the storage root that never hold a table of ours (Spark staging, Delta's log).

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from lambdaflow.config import Settings
 from lambdaflow.contracts.master import events_table, labels_table
-from lambdaflow.contracts.paths import MASTER_EVENTS, MASTER_LABELS, PREDICTIONS, QUARANTINE, speed_view, table_uri
+from lambdaflow.contracts.paths import MASTER_EVENTS, MASTER_LABELS, OFFSET_GAPS, PREDICTIONS, QUARANTINE, speed_view, table_uri
 from lambdaflow.schemas import INGEST_SEQ, arrow_type
 from lambdaflow.scoring import feature_matrix
 from lambdaflow.tables import Table
@@ -24,6 +24,7 @@ from lambdaflow.validation import Reject
 from lambdaflow.views import CompiledView, compile_views
 
 __all__ = [
+    "OFFSET_GAPS_SCHEMA",
     "QUARANTINE_SCHEMA",
     "SpeedTables",
     "prediction_rows",
@@ -42,6 +43,22 @@ QUARANTINE_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("quarantined_at", pa.timestamp("us", tz="UTC")),
         (INGEST_SEQ, pa.int64()),
+    ]
+)
+
+
+#: ``offset_gaps``: Kafka ranges an operator acknowledged as lost; the speed layer resumes past them.
+OFFSET_GAPS_SCHEMA = pa.schema(
+    [
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("recorded_next", pa.int64()),  # where the speed layer stood
+        ("resume_at", pa.int64()),  # where it continues: the start of the log as it was acknowledged
+        ("kind", pa.string()),  # retention | reset | recreated
+        ("reason", pa.string()),
+        ("app", pa.string()),
+        ("acknowledged_by", pa.string()),
+        ("acknowledged_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 
@@ -106,6 +123,12 @@ class SpeedTables:
             table.create(speed_view_schema(view), name=f"speed_{name}")
             out[name] = table
         return out
+
+    @cached_property
+    def offset_gaps(self) -> Table:
+        table = Table(table_uri(self.settings.profile, OFFSET_GAPS))
+        table.create(OFFSET_GAPS_SCHEMA, name="offset_gaps")
+        return table
 
     def all(self) -> dict[str, Table]:
         """Every table, by a stable name, in commit order (master first: it is the commit point)."""

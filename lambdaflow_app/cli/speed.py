@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from lambdaflow.spark import finish
-from lambdaflow_app.cli._common import state
+from lambdaflow_app.cli._common import console, state
 
 app = typer.Typer(help="The speed layer: Kafka micro-batches into Delta, exactly once.", no_args_is_help=True)
 
@@ -21,3 +21,18 @@ def speed_run(
     from speed_layer.runner import main as run
 
     finish(run(state.settings(), max_batches, idle_exit))
+
+
+@app.command("acknowledge-gap")
+def acknowledge_gap(
+    topic: Annotated[str, typer.Option(help="The topic whose log does not continue.")],
+    partition: Annotated[int, typer.Option(help="The partition.")],
+    reason: Annotated[str, typer.Option(help="Why the records are accepted as lost (recorded with the gap).")],
+) -> None:
+    """Accept a gap in a partition's log as lost: recorded in the offset_gaps table, the speed layer then continues past it."""
+    import getpass
+
+    from speed_layer.runner import acknowledge_gap as record
+
+    gap = record(state.settings(), topic, partition, reason, getpass.getuser())
+    console.print(f"[yellow]acknowledged[/] {gap.describe()}; the speed layer continues at offset {gap.log_start}")

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
+from batch_layer.cycle import STEPS
 from lambdaflow import registry
 from lambdaflow.config import load_settings
 from lambdaflow.contracts.master import events_table, labels_table, to_label_rows, to_master_rows
@@ -26,15 +27,7 @@ from lambdaflow.tables import Table
 from tests.conftest import ROOT
 
 DAGS = ROOT / "dags"
-BATCH_ORDER = [
-    "snapshot",
-    "recompute_views",
-    "build_training_set",
-    "train_evaluate_promote",
-    "publish_watermark",
-    "expire_speed_rows",
-    "maintenance",
-]
+BATCH_ORDER = list(STEPS)  # the DAG runs the same steps in the same order as `lambdaflow batch run`
 
 
 def test_dags_load_without_errors_and_in_order(settings, monkeypatch: pytest.MonkeyPatch) -> None:

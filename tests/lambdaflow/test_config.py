@@ -174,3 +174,37 @@ def test_durations_parse_to_seconds(n: int, unit: str) -> None:
 def test_bad_durations_are_rejected(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
+
+
+def test_a_refused_feature_is_one_line_without_a_dump_of_the_pipeline(tmp_path: Path) -> None:
+    """Regression: a model-level refusal used to print the reason followed by the whole pipeline (~40 lines)."""
+    data = _pipeline()
+    data["features"] = [{"name": "f", "kind": "view", "view": "nope", "aggregate": "n"}]
+    with pytest.raises(ConfigError) as raised:
+        load_pipeline(_write(tmp_path, "pipeline.yaml", data))
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 2 and "nope" in lines[1], lines
+    assert "'events'" not in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key", "fix"),
+    [
+        (
+            lambda d: d["views"][0].setdefault("filters", []).append({"column": "channel", "op": "in", "value": "online"}),
+            "views[0].filters[0]",
+            "value: ['online']",
+        ),
+        (lambda d: d["events"]["fields"]["event_id"].update(nullable=True), "(top level)", "set nullable: false"),
+        (lambda d: d["events"]["fields"].update({"_ingest_seq": {"type": "long"}}), "(top level)", "rename them"),
+    ],
+    ids=["in-with-a-string", "nullable-id", "system-column-name"],
+)
+def test_configs_that_load_but_break_things_are_refused(tmp_path: Path, mutate, key: str, fix: str) -> None:
+    """Regression: each of these loaded and then broke a layer (Spark vs Arrow filters, first_copies, system columns)."""
+    data = _pipeline()
+    mutate(data)
+    with pytest.raises(ConfigError) as raised:
+        load_pipeline(_write(tmp_path, "pipeline.yaml", data))
+    message = str(raised.value)
+    assert key in message and fix in message, message
