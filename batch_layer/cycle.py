@@ -18,7 +18,7 @@ from lambdaflow.contracts.batch import RUNS_SCHEMA, publish_history, published_c
 from lambdaflow.contracts.commits import MASTER_VERSION_KEY, WATERMARK_KEY
 from lambdaflow.contracts.master import events_table
 from lambdaflow.contracts.paths import RUNS, batch_view, existing_tables, table_uri
-from lambdaflow.errors import CycleError
+from lambdaflow.errors import CycleError, TableError
 from lambdaflow.tables import Table, TableMissingError, Txn, maintenance
 from lambdaflow.views import compile_views
 
@@ -46,7 +46,7 @@ def publish(settings: Settings, run_id: str, master_version: int) -> dict[str, A
         table = Table(table_uri(settings.profile, batch_view(name)))
         try:
             commit = published_commit(table) if table.exists() else None
-        except LookupError:
+        except TableError:
             commit = None
         if commit is None or int(commit[MASTER_VERSION_KEY]) < master_version:
             raise CycleError(f"batch view {name} was not recomputed from master v{master_version}; rerun recompute_views")

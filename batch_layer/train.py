@@ -24,6 +24,7 @@ from lambdaflow.config import ModelSpec, Settings
 from lambdaflow.contracts.batch import LABEL, published_commit
 from lambdaflow.contracts.commits import CUTOFF_KEY, MASTER_VERSION_KEY, WATERMARK_KEY
 from lambdaflow.contracts.paths import TRAINING_SET, table_uri
+from lambdaflow.errors import TrainingError
 from lambdaflow.features import FeatureFunction
 from lambdaflow.scoring import predict
 from lambdaflow.spark import first_row
@@ -87,12 +88,18 @@ def better(metric: str, new: float, old: float, margin: float) -> bool:
 
 
 def split_by_time(frame: DataFrame, time_column: str, holdout_fraction: float) -> tuple[DataFrame, DataFrame, dt.datetime]:
-    """Train on the earlier events, hold out the latest ``holdout_fraction`` of the period."""
+    """Train on the earlier events, hold out the latest ``holdout_fraction`` of them by event time.
+
+    The cut is a quantile of event time, not a share of the period between the first and the
+    last event: one stray timestamp (an event dated 1970) cannot move it.
+    """
     from pyspark.sql import functions as F
 
-    bounds = first_row(frame.agg(F.min(time_column).alias("lo"), F.max(time_column).alias("hi")))
-    lo, hi = bounds["lo"], bounds["hi"]
-    cut = lo + (hi - lo) * (1 - holdout_fraction)
+    micros = frame.select(F.unix_micros(F.col(time_column)).alias("t"))
+    quantile = micros.approxQuantile("t", [1 - holdout_fraction], 0.0005)
+    if not quantile:
+        raise TrainingError("the training set is empty: nothing to split")
+    cut = dt.datetime.fromtimestamp(quantile[0] / 1e6, dt.timezone.utc)
     return frame.where(F.col(time_column) < F.lit(cut)), frame.where(F.col(time_column) >= F.lit(cut)), cut
 
 
@@ -155,14 +162,14 @@ def train(
 
     Raises:
         TableMissingError: no training set was built yet.
-        ValueError: the pipeline declares no model, or the holdout has a single class.
+        TrainingError: the pipeline declares no model, or the holdout has a single class.
     """
     from pyspark.sql import functions as F
 
     started = time.monotonic()
     spec = settings.pipeline.model
     if spec is None:
-        raise ValueError("the pipeline has no 'model' section")
+        raise TrainingError("the pipeline has no 'model' section")
     ff = FeatureFunction(settings.pipeline)
     table = Table(table_uri(settings.profile, TRAINING_SET))
     if not table.exists():
@@ -183,12 +190,17 @@ def train(
     if shuffle_labels:  # labels drawn independently of the features, at the same base rate
         train_df = train_df.withColumn(LABEL, (F.rand(seed) < F.lit(base_rate)).cast("int"))
     train_rows = train_df.count()
-    booster = _fit(spec, train_df.select(*ff.names, label_col), ff.names, label_col)
+    # one partition in a fixed row order: `subsample` draws rows by position, so the same training set
+    # (and seed) must give the same model, run after run (coalesce would break xgboost's barrier stage)
+    ordered = train_df.repartition(1).sortWithinPartitions(settings.pipeline.events.id_column).select(*ff.names, label_col)
+    booster = _fit(spec, ordered, ff.names, label_col)
 
     holdout: Any = holdout_df.select(*ff.names, LABEL).toPandas()
     x, y = holdout[ff.names].to_numpy(np.float64), holdout[LABEL].to_numpy()
     if len(np.unique(y)) < 2:
-        raise ValueError(f"the holdout ({len(y)} rows after {cut}) holds a single class: more data or a smaller holdout_fraction is needed")
+        raise TrainingError(
+            f"the holdout ({len(y)} rows after {cut}) holds a single class: more data or a smaller holdout_fraction is needed"
+        )
     scores = predict(booster, x)
     metrics = evaluate(y, scores, spec.alert_threshold)
     baseline = evaluate(y, np.full(len(y), base_rate), spec.alert_threshold)

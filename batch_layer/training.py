@@ -27,8 +27,9 @@ from lambdaflow.contracts.batch import LABEL, training_schema
 from lambdaflow.contracts.commits import CUTOFF_KEY, MASTER_VERSION_KEY, WATERMARK_KEY
 from lambdaflow.contracts.master import events_table, first_copies_spark
 from lambdaflow.contracts.paths import MASTER_LABELS, TRAINING_SET, table_uri
+from lambdaflow.errors import TrainingError
 from lambdaflow.features import FeatureFunction
-from lambdaflow.schemas import INGEST_SEQ
+from lambdaflow.schemas import INGEST_SEQ, INGESTED_AT
 from lambdaflow.spark import first_row
 from lambdaflow.tables import Table, TableMissingError, Txn, write_spark
 
@@ -76,8 +77,13 @@ def featurize(settings: Settings, events: DataFrame) -> DataFrame:
     return events.repartition(partitions, key).mapInArrow(_featurize_partition(settings, without_label), from_arrow_schema(without_label))
 
 
-def labelled(settings: Settings, spark: SparkSession, cutoff: dt.datetime) -> DataFrame | None:
-    """Event ids with a positive label that arrived by ``cutoff`` (None when no label table exists)."""
+def labelled(settings: Settings, spark: SparkSession, cutoff: dt.datetime, watermark: int) -> DataFrame | None:
+    """Event ids with a positive label known by ``cutoff`` (None when no label table exists).
+
+    Known: reported by the cut-off, and ingested by micro-batch ``watermark`` — the labels table is not
+    pinned to the master snapshot, but labels land in the same micro-batches as events, so the
+    snapshot's W pins them too.
+    """
     from pyspark.sql import functions as F
 
     spec = settings.pipeline.labels
@@ -85,7 +91,8 @@ def labelled(settings: Settings, spark: SparkSession, cutoff: dt.datetime) -> Da
     if spec is None or not table.exists():
         return None
     labels = table.snapshot().to_spark(spark)
-    arrived = labels.where(F.col(spec.time_column) <= F.lit(cutoff)).where(F.col(spec.label_column))
+    known = (F.col(spec.time_column) <= F.lit(cutoff)) & (F.col(INGEST_SEQ) <= F.lit(watermark))
+    arrived = labels.where(known).where(F.col(spec.label_column))
     return arrived.select(F.col(spec.event_id_column).alias("__labelled_id")).distinct()
 
 
@@ -98,31 +105,38 @@ def build_training_set(
     """Write ``batch/_training_set`` from one master snapshot and the labels known at ``cutoff``.
 
     Args:
-        cutoff: what is known; defaults to the latest event time in the snapshot.
+        cutoff: what is known; defaults to the snapshot's ingest time (its newest ``_ingested_at``),
+            the batch run's logical time as far as the data goes.
 
     Raises:
         TableMissingError: ``master/events`` does not exist yet.
-        ValueError: the pipeline declares no labels.
+        TrainingError: the pipeline declares no labels.
     """
     from pyspark.sql import functions as F
 
     started = time.monotonic()
     spec = settings.pipeline.labels
     if spec is None:
-        raise ValueError("the pipeline has no 'labels' section: nothing to learn from")
+        raise TrainingError("the pipeline has no 'labels' section: nothing to learn from")
     ev = settings.pipeline.events
     master = events_table(settings, create=False)
     if not master.exists():
         raise TableMissingError(f"{master.uri} does not exist yet: ingest events with the speed layer first")
     snap = master.snapshot(master_version)
     events = first_copies_spark(snap.to_spark(spark), ev.id_column, ev.time_column)
-    bounds = first_row(events.agg(F.max(ev.time_column).alias("t"), F.max(INGEST_SEQ).alias("w")))
-    cutoff = cutoff or bounds["t"].replace(tzinfo=dt.timezone.utc)
+    bounds = first_row(events.agg(F.max(INGESTED_AT).alias("known"), F.max(INGEST_SEQ).alias("w")))
+    # what the snapshot knew: its newest ingest time, never the data's largest event time (one
+    # event dated 2099 would make every unlabelled event look mature)
+    if cutoff is None and bounds["known"] is None:
+        raise TrainingError(f"{master.uri} v{snap.version} records no ingest time: pass the cut-off explicitly (--cutoff)")
+    cutoff = cutoff or bounds["known"].replace(tzinfo=dt.timezone.utc)
     watermark = int(bounds["w"])
     mature_before = cutoff - dt.timedelta(seconds=spec.maturity)
-    feats = featurize(settings, events.where(F.col(ev.time_column) <= F.lit(cutoff)))
+    # every event of the snapshot feeds the state, as in the speed layer (an event a little ahead of the
+    # ingest clock was accepted there too); only which rows become training rows depends on the cut-off
+    feats = featurize(settings, events)
     rows = feats.where(F.col(ev.time_column) <= F.lit(mature_before))
-    positives = labelled(settings, spark, cutoff)
+    positives = labelled(settings, spark, cutoff, watermark)
     if positives is None:
         rows = rows.withColumn(LABEL, F.lit(0).cast("int"))
     else:

@@ -26,6 +26,7 @@ __all__ = [
     "StorageError",
     "TableError",
     "TableMissingError",
+    "TrainingError",
     "UnhealthyError",
 ]
 
@@ -95,6 +96,10 @@ class CycleError(LambdaflowError, RuntimeError):
 
 class QueryError(LambdaflowError, ValueError):
     """The SQL could not be parsed or run; the message points at the problem."""
+
+
+class TrainingError(LambdaflowError, ValueError):
+    """A training set or model cannot be built as asked (no labels declared, a one-class holdout, …)."""
 
 
 class UnhealthyError(LambdaflowError, RuntimeError):

@@ -118,7 +118,8 @@ class FeatureFunction:
         order = position_order(events, spec.time_column, spec.id_column)
         pos = np.empty(n, np.int64)
         pos[order] = np.arange(n)
-        key_codes, key_uniques = pd.factorize(events.column(self.key).to_numpy(zero_copy_only=False))
+        # a null key is a key of its own (events.null_keys: key); under 'quarantine' none reaches here
+        key_codes, key_uniques = pd.factorize(events.column(self.key).to_numpy(zero_copy_only=False), use_na_sentinel=False)
         states = {
             wk: self._window_states(w, events, pos, key_codes, key_uniques, (prior or {}).get(w.view.name))
             for wk, w in self._windows.items()
@@ -201,7 +202,10 @@ class _PriorLookup:
         if prior is None or prior.num_rows == 0:
             return
         key_col = view.spec.keys[0]
-        codes = pd.Index(key_uniques).get_indexer(prior.column(key_col).to_numpy(zero_copy_only=False))
+        keys = prior.column(key_col).to_numpy(zero_copy_only=False)
+        # nulls as NaN, the way pd.factorize(use_na_sentinel=False) spells the null key among the uniques
+        keys = pd.Series(keys, dtype=object).where(pd.notna(keys), np.nan).to_numpy()
+        codes = pd.Index(key_uniques).get_indexer(keys)
         keep = codes >= 0
         if not keep.any():
             return

@@ -3,6 +3,13 @@
 Every record is acknowledged by the broker (``acks=all``) or counted as failed;
 a run with failures raises :class:`ProduceError` naming how many and why —
 nothing is dropped silently.
+
+* :func:`produce` sends in-memory :class:`Stream` s (the sample's events and labels, see
+  :func:`pipeline_streams`), interleaved by time so that labels follow the events they are about.
+* :func:`produce_rows` sends an already ordered sequence of tables to one topic: a replayed file,
+  read and time-sorted by :mod:`lambdaflow.replay` (:func:`replay_target` says where it goes and
+  with which declared fields).
+* :func:`produce_live` keeps sending fresh slices until stopped.
 """
 
 from __future__ import annotations
@@ -10,20 +17,33 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lambdaflow.config import PipelineConfig
-from lambdaflow.errors import ProduceError
+from lambdaflow.config import FieldSpec, PipelineConfig
+from lambdaflow.errors import ConfigError, ProduceError
+from lambdaflow.replay import CHUNK_ROWS  # one chunk size for what a replay hands out and what is sent at a time
+from lambdaflow.services import Endpoint, connect_kwargs
 
-#: Rows encoded and sent per chunk (bounded memory for big files).
-CHUNK_ROWS = 5000
+__all__ = [
+    "CHUNK_ROWS",
+    "ProduceReport",
+    "ReplayTarget",
+    "Stream",
+    "encode_row",
+    "in_time_order",
+    "pipeline_streams",
+    "produce",
+    "produce_live",
+    "produce_rows",
+    "replay_target",
+    "time_values",
+]
 
 
 @dataclass
@@ -57,29 +77,6 @@ def encode_row(row: dict[str, Any]) -> bytes:
     return json.dumps(row, default=_json_default, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def read_file(path: str | Path) -> pa.Table:
-    """Read a CSV, Parquet or JSON-lines file into Arrow.
-
-    Raises:
-        ValueError: the extension is not one of .csv, .parquet, .jsonl / .json.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path)
-    if suffix == ".csv":
-        import pyarrow.csv as pcsv
-
-        return pcsv.read_csv(path)
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        import pyarrow.json as pjson
-
-        return pjson.read_json(path)
-    raise ValueError(f"{path}: cannot replay a {suffix or 'suffix-less'} file; use .csv, .parquet or .jsonl")
-
-
 def time_values(table: pa.Table, time_column: str | None) -> np.ndarray | None:
     """Event times as int64 microseconds, or None when the column is absent or not all parseable.
 
@@ -108,6 +105,9 @@ def in_time_order(table: pa.Table, time_column: str | None) -> pa.Table:
     return table.take(pa.array(np.argsort(times, kind="stable")))
 
 
+# --------------------------------------------------------------------------- what to send where
+
+
 @dataclass(frozen=True)
 class Stream:
     """Rows for one topic, in the order they must be sent."""
@@ -125,6 +125,36 @@ def pipeline_streams(pipeline: PipelineConfig, events: pa.Table, labels: pa.Tabl
     if labels is not None and pipeline.labels is not None and labels.num_rows:
         streams.append(Stream(pipeline.labels.topic, labels, ev.partition_key, pipeline.labels.time_column))
     return streams
+
+
+@dataclass(frozen=True)
+class ReplayTarget:
+    """Where a replayed file goes and how it is read: one stream of the pipeline."""
+
+    stream: Literal["events", "labels"]
+    topic: str
+    fields: dict[str, FieldSpec]
+    time_column: str
+    key_column: str
+
+
+def replay_target(pipeline: PipelineConfig, stream: str = "events", topic: str | None = None) -> ReplayTarget:
+    """The topic (``topic`` or the stream's own), declared fields, time column and key of a stream.
+
+    Raises:
+        ConfigError: ``labels`` of a pipeline without a labels section.
+        ValueError: a stream other than ``events`` or ``labels``.
+    """
+    key = pipeline.events.partition_key
+    if stream == "events":
+        ev = pipeline.events
+        return ReplayTarget("events", topic or pipeline.source.topic, ev.fields, ev.time_column, key)
+    if stream == "labels":
+        if pipeline.labels is None:
+            raise ConfigError(f"pipeline {pipeline.name!r} has no labels section: there is no label stream to replay to")
+        lb = pipeline.labels
+        return ReplayTarget("labels", topic or lb.topic, lb.fields, lb.time_column, key)
+    raise ValueError(f"unknown stream {stream!r}; expected 'events' or 'labels'")
 
 
 def _merged_chunks(streams: list[Stream]) -> Iterator[tuple[Stream, pa.Table]]:
@@ -152,8 +182,62 @@ def _merged_chunks(streams: list[Stream]) -> Iterator[tuple[Stream, pa.Table]]:
         cursors[i] = end
 
 
+# --------------------------------------------------------------------------- sending
+
+
+def _send(
+    bootstrap: Endpoint,
+    topics: list[str],
+    chunks: Iterable[tuple[str, str | None, pa.Table]],
+    *,
+    rate: float | None,
+    on_progress: Callable[[int], None] | None,
+    producer_config: dict[str, Any] | None,
+) -> ProduceReport:
+    """Send (topic, key column, rows) chunks in order; see :func:`produce`."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    config = {"acks": "all", "linger_ms": 20, "batch_size": 256 << 10, "retries": 10, "max_in_flight_requests_per_connection": 1}
+    config.update(producer_config or {})
+    producer = KafkaProducer(**connect_kwargs(bootstrap), **config)
+    report = ProduceReport(sent={t: 0 for t in topics})
+    started = time.monotonic()
+
+    def failed(exc: BaseException) -> None:
+        report.failed += 1
+        if len(report.errors) < 5:
+            report.errors.append(repr(exc))
+
+    sent_total = 0
+    try:
+        for topic, key_column, chunk in chunks:
+            keys = chunk.column(key_column).to_pylist() if key_column in chunk.column_names else [None] * chunk.num_rows
+            for key, row in zip(keys, chunk.to_pylist()):
+                key_bytes = None if key is None else str(key).encode()
+                try:
+                    producer.send(topic, key=key_bytes, value=encode_row(row)).add_errback(failed)
+                except KafkaError as exc:  # rejected before sending (e.g. too large): counted, not lost
+                    failed(exc)
+            report.sent[topic] = report.sent.get(topic, 0) + chunk.num_rows
+            sent_total += chunk.num_rows
+            if on_progress:
+                on_progress(chunk.num_rows)
+            if rate:
+                ahead = sent_total / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        producer.flush()
+    finally:
+        producer.close()
+    report.seconds = time.monotonic() - started
+    if report.failed:
+        raise ProduceError(f"{report.failed} of {report.total} records were not acknowledged by the broker; first errors: {report.errors}")
+    return report
+
+
 def produce(
-    bootstrap: list[str],
+    bootstrap: Endpoint,
     streams: list[Stream],
     *,
     rate: float | None = None,
@@ -172,49 +256,31 @@ def produce(
     Raises:
         ProduceError: some records were not acknowledged; the report says how many.
     """
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
+    chunks = ((s.topic, s.key_column, c) for s, c in _merged_chunks(streams))
+    return _send(bootstrap, [s.topic for s in streams], chunks, rate=rate, on_progress=on_progress, producer_config=producer_config)
 
-    config = {"acks": "all", "linger_ms": 20, "batch_size": 256 << 10, "retries": 10, "max_in_flight_requests_per_connection": 1}
-    config.update(producer_config or {})
-    producer = KafkaProducer(bootstrap_servers=bootstrap, **config)
-    report = ProduceReport(sent={s.topic: 0 for s in streams})
-    started = time.monotonic()
 
-    def failed(exc: BaseException) -> None:
-        report.failed += 1
-        if len(report.errors) < 5:
-            report.errors.append(repr(exc))
+def produce_rows(
+    bootstrap: Endpoint,
+    topic: str,
+    rows: Iterable[pa.Table],
+    key_column: str | None,
+    *,
+    rate: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    producer_config: dict[str, Any] | None = None,
+) -> ProduceReport:
+    """Send tables of rows to one topic in the order given (e.g. a :class:`~lambdaflow.replay.TimeSorted` replay), keyed by ``key_column``.
 
-    sent_total = 0
-    try:
-        for stream, chunk in _merged_chunks(streams):
-            keys = chunk.column(stream.key_column).to_pylist() if stream.key_column in chunk.column_names else [None] * chunk.num_rows
-            for key, row in zip(keys, chunk.to_pylist()):
-                key_bytes = None if key is None else str(key).encode()
-                try:
-                    producer.send(stream.topic, key=key_bytes, value=encode_row(row)).add_errback(failed)
-                except KafkaError as exc:  # rejected before sending (e.g. too large): counted, not lost
-                    failed(exc)
-            report.sent[stream.topic] += chunk.num_rows
-            sent_total += chunk.num_rows
-            if on_progress:
-                on_progress(chunk.num_rows)
-            if rate:
-                ahead = sent_total / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-        producer.flush()
-    finally:
-        producer.close()
-    report.seconds = time.monotonic() - started
-    if report.failed:
-        raise ProduceError(f"{report.failed} of {report.total} records were not acknowledged by the broker; first errors: {report.errors}")
-    return report
+    Raises:
+        ProduceError: some records were not acknowledged; the report says how many.
+    """
+    chunks = ((topic, key_column, table) for table in rows)
+    return _send(bootstrap, [topic], chunks, rate=rate, on_progress=on_progress, producer_config=producer_config)
 
 
 def produce_live(
-    bootstrap: list[str],
+    bootstrap: Endpoint,
     make_streams: Callable[[int, dt.datetime, int], list[Stream]],
     rate: float,
     chunk_seconds: float = 10.0,

@@ -19,6 +19,7 @@ the same events, byte for byte.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +79,18 @@ LABEL_SCHEMA = pa.schema(
         ("reported_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-DEFAULT_START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+#: Sample history ends this long before today's midnight (UTC), so a following day of "live" events is past too.
+HISTORY_ENDS_BEFORE = dt.timedelta(days=2)
+
+
+def default_start(days: float) -> dt.datetime:
+    """Where a sample of ``days`` days starts by default: it ends :data:`HISTORY_ENDS_BEFORE` today's midnight.
+
+    Relative to today, not a fixed date: pipelines accept events only within a window of their
+    ingest time (``events.max_age``), and a fixed date would drift out of it.
+    """
+    midnight = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight - HISTORY_ENDS_BEFORE - dt.timedelta(days=math.ceil(days))
 
 
 def missing_fields(pipeline: PipelineConfig) -> list[str]:
@@ -103,7 +115,7 @@ def generate(
     events: int,
     days: float = 30.0,
     seed: int = 7,
-    start: dt.datetime = DEFAULT_START,
+    start: dt.datetime | None = None,
     accounts: int | None = None,
 ) -> SampleData:
     """Generate about ``events`` card transactions over ``days`` days.
@@ -112,7 +124,7 @@ def generate(
         events: number of transactions (exactly this many are returned).
         days: length of the simulated period.
         seed: seed of the random generator.
-        start: first possible event time (UTC).
+        start: first possible event time (UTC); default :func:`default_start`.
         accounts: number of accounts; defaults to one per 40 events (at least 50).
 
     Raises:
@@ -124,6 +136,7 @@ def generate(
     n_acc = accounts or max(50, events // 40)
     n_merch = max(20, n_acc // 10)
     span_us = int(days * 86400e6)
+    start = start if start is not None else default_start(days)
     start_us = int(start.timestamp() * 1e6)
 
     # Merchants and accounts.
@@ -135,6 +148,11 @@ def generate(
     rng.integers(0, len(_COUNTRIES), n_merch)  # merchant countries: unused so far, still drawn so every seed keeps its data
     safe_merch = np.flatnonzero(~cat_risky[cat_of_merch])
     risky_merch = np.flatnonzero(cat_risky[cat_of_merch])
+    # a small sample may draw no merchant of a kind: lend one (seeds that drew both keep their data)
+    if len(risky_merch) == 0:
+        risky_merch = np.array([0])
+    if len(safe_merch) == 0:
+        safe_merch = np.array([n_merch - 1])
     testing_merch = np.flatnonzero(np.isin(cat_mcc[cat_of_merch], [5967, 5816]))
     if len(testing_merch) == 0:
         testing_merch = risky_merch

@@ -208,7 +208,7 @@ def _wait_for_kafka(address: str, timeout: float) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=address, request_timeout_ms=3000)
+            admin = KafkaAdminClient(bootstrap_servers=address, request_timeout_ms=3000)  # embedded broker: plaintext
             admin.list_topics()
             admin.close()
             return
@@ -364,6 +364,17 @@ def client_config(profile: ProfileConfig) -> dict[str, Any]:
         }
         config.update({k: v for k, v in optional.items() if v is not None})
     return config
+
+
+def producer_settings(profile: ProfileConfig) -> dict[str, Any]:
+    """Producer settings that depend on the broker: idempotence where the broker keeps its promise.
+
+    Apache Kafka deduplicates a retried batch of an idempotent producer. The embedded Tansu
+    broker speaks the protocol but can lose acknowledged records of an idempotent producer
+    when it crashes (docs/architecture.md §8), so there the producer retries plainly and the
+    speed layer drops the repeated deliveries.
+    """
+    return {"enable_idempotence": isinstance(profile.kafka, ExternalKafka)}
 
 
 def connect_kwargs(endpoint: Endpoint) -> dict[str, Any]:

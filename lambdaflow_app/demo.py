@@ -29,7 +29,7 @@ from rich.table import Table as RichTable
 from lambdaflow import producer, registry, sample_data, services
 from lambdaflow.config import Settings, ViewSpec
 from lambdaflow.contracts.batch import batch_watermark
-from lambdaflow.contracts.paths import PREDICTIONS, batch_view, local_path, sql_name, table_uri
+from lambdaflow.contracts.paths import PREDICTIONS, batch_view, existing_tables, local_path, sql_name, table_uri
 from lambdaflow.errors import ConfigError
 from lambdaflow.tables import Table
 from lambdaflow.views import quote
@@ -65,11 +65,16 @@ class Demo:
         total = sum(s.rows.num_rows for s in streams)
         with Progress(TextColumn("  producing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("produce", total=total)
-            report = producer.produce(self.bootstrap, streams, on_progress=lambda n: bar.advance(task, n))
+            report = producer.produce(
+                self.bootstrap,
+                streams,
+                on_progress=lambda n: bar.advance(task, n),
+                producer_config=services.producer_settings(self.settings.profile),
+            )
         if junk:
             from kafka import KafkaProducer
 
-            kafka = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+            kafka = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")  # embedded broker: plaintext
             payloads = [b"\xff\xfe", b"{broken json", b'{"event_id": "x", "amount": "lots"}', b"[]"]
             for i in range(junk):
                 kafka.send(p.source.topic, key=b"junk", value=payloads[i % len(payloads)])
@@ -175,6 +180,8 @@ class Demo:
         profile = self.settings.profile
         started = time.monotonic()
         already = {r.name for r in services.status(profile) if r.running}
+        if "broker" not in already:
+            self._set_aside_previous_run()
         self.stage("1. start the embedded broker", lambda: services.up(profile))
         self.bootstrap = services.bootstrap_servers(profile)
         console.print(f"  broker at {self.bootstrap[0]}; tables under {profile.storage.uri}")
@@ -200,6 +207,24 @@ class Demo:
                 self.stage("8. stop the services this demo started", lambda: services.down(profile))
         self._summary(time.monotonic() - started)
         return ok
+
+    def _set_aside_previous_run(self) -> None:
+        """Move an earlier run's tables aside: a freshly started broker does not hold the log they recorded.
+
+        Nothing is deleted; the speed layer would otherwise (rightly) stop on the gap between the
+        offsets the old tables recorded and the new, empty log.
+        """
+        import shutil
+
+        root = local_path(self.settings.profile.storage.uri)
+        if not existing_tables(self.settings.profile):
+            return
+        aside = root / "previous-runs" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        aside.mkdir(parents=True)
+        for entry in root.iterdir():
+            if entry.name not in ("services", "previous-runs"):
+                shutil.move(str(entry), aside / entry.name)
+        console.print(f"  [dim]an earlier run's tables and models were moved to {aside}[/]")
 
     def _summary(self, seconds: float) -> None:
         r = self.report

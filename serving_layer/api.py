@@ -2,25 +2,43 @@
 
 No endpoint runs caller-supplied SQL: view and column names come from the
 pipeline, values are bound as parameters. An optional bearer token from the
-profile (``serving.token``) protects everything but ``/health``.
+profile (``serving.token``) protects everything but ``/health``; without one the
+API only serves on a loopback address.
+
+Under faults it stays up and says what is wrong:
+
+- Handlers are plain functions, run in FastAPI's thread pool, so a slow DuckDB
+  query or model registry never blocks the event loop (nor ``/health``).
+- Request bodies are capped at the pipeline's ``source.max_payload_bytes``
+  (413), from the declared ``Content-Length`` or while streaming, never read
+  whole first.
+- If a newer table snapshot cannot be opened (a corrupt Delta log, storage
+  down), the data endpoints keep answering from the last good one and
+  ``/health`` answers 503 with the reason, until a later check succeeds.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import logging
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from lambdaflow.config import Settings, ViewFeature
 from lambdaflow.contracts.paths import PREDICTIONS, existing_tables, sql_name
+from lambdaflow.errors import ConfigError
 from lambdaflow.features import FeatureFunction
+from lambdaflow.registry import LoadedModel
 from lambdaflow.schemas import INGEST_SEQ
 from lambdaflow.scoring import ChampionCache, feature_matrix, predict
 from lambdaflow.sql import to_duckdb
@@ -30,63 +48,175 @@ from lambdaflow.views import compile_views, quote
 from serving_layer.engine import Session, open_session
 from serving_layer.sql import FRESHNESS_VIEW, partial_rows_sql, unified_name
 
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, ``localhost``)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another host name: it may resolve to anything
+        return False
+
+
+class SnapshotUnavailable(RuntimeError):
+    """No snapshot of the tables could be opened yet; the message says why (answered with 503)."""
+
 
 class SessionCache:
-    """One engine session, reopened when a table has a new Delta version (checked at most every ``refresh`` s)."""
+    """One engine session, reopened when a table has a new Delta version (checked at most every ``refresh`` s).
+
+    If a newer snapshot cannot be opened (a corrupt Delta log, storage down), the
+    last good session keeps answering and :attr:`problem` says why; every
+    ``refresh`` seconds it tries again. A DuckDB connection runs one query at a
+    time, so every use of it, and every swap of sessions, holds :attr:`lock`.
+    """
 
     def __init__(self, settings: Settings, refresh: float) -> None:
         self.settings = settings
         self.refresh = refresh
-        self.lock = threading.Lock()  # a DuckDB connection runs one query at a time
+        self.lock = threading.Lock()
+        #: why the newest snapshot is not being served, or None when it is
+        self.problem: str | None = None
         self._session: Session | None = None
-        self._checked = 0.0
+        self._checked = float("-inf")
 
     def query(self, sql: str, params: list[Any] | None = None) -> pa.Table:
+        """Run one statement with bound parameters.
+
+        Raises:
+            SnapshotUnavailable: no snapshot could be opened so far.
+        """
+        return self.queries([(sql, params or [])])[0]
+
+    def queries(self, statements: Sequence[tuple[str, list[Any]]]) -> list[pa.Table]:
+        """Run statements on one and the same snapshot (so their answers agree with each other).
+
+        Raises:
+            SnapshotUnavailable: no snapshot could be opened so far.
+        """
         with self.lock:
-            session = self._current()
-            return session.connection.execute(sql, params or []).to_arrow_table()
+            connection = self._current().connection
+            return [connection.sql(sql, params=params).to_arrow_table() for sql, params in statements]
+
+    def status(self) -> tuple[dict[str, int], str | None]:
+        """The table versions being served, and why they are not the newest (None when they are); looks for new versions first."""
+        with self.lock:
+            try:
+                session = self._current()
+            except SnapshotUnavailable:
+                return {}, self.problem
+            session.connection.execute("SELECT 1").fetchall()
+            return dict(session.versions), self.problem
 
     def _current(self) -> Session:
         now = time.monotonic()
-        if self._session is None or now - self._checked > self.refresh:
+        if now - self._checked >= self.refresh:
             self._checked = now
-            if self._session is None or self._stale(self._session):
-                self._session = open_session(self.settings)
+            try:
+                if self._session is None or self._stale(self._session):
+                    fresh = open_session(self.settings)
+                    old, self._session = self._session, fresh
+                    if old is not None:
+                        old.connection.close()  # nobody else holds it: every use is under the lock
+                if self.problem is not None:
+                    log.warning("serving the newest table snapshots again")
+                self.problem = None
+            except Exception as exc:  # noqa: BLE001 - keep serving the last good snapshot; /health reports why
+                fallback = "serving the last good one" if self._session else "none opened yet"
+                problem = f"cannot open the newest table snapshots ({fallback}): {exc}"
+                if problem != self.problem:
+                    log.error("%s", problem)
+                self.problem = problem
+        if self._session is None:
+            raise SnapshotUnavailable(self.problem or "no table snapshot opened yet")
         return self._session
 
     def _stale(self, session: Session) -> bool:
-        current = {name: Table(uri).version() for name, uri in existing_tables(self.settings.profile)}
+        try:
+            current = {name: Table(uri).version() for name, uri in existing_tables(self.settings.profile)}
+        except Exception:  # noqa: BLE001 - a table that cannot be read: reopening says which and why
+            return True
         return current != session.versions
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The FastAPI application for a pipeline and profile."""
+def create_app(settings: Settings, host: str | None = None) -> FastAPI:
+    """The FastAPI application for a pipeline and profile.
+
+    Args:
+        host: the address it will be served on (default: the profile's ``serving.host``).
+
+    Raises:
+        ConfigError: the address is not a loopback address and ``serving.token`` is not set.
+    """
+    serving = settings.profile.serving
+    token = serving.token or None
+    bind = host or serving.host
+    if token is None and not is_loopback(bind):
+        raise ConfigError(
+            f"{settings.profile_path}: serving.token is not set, so the API may only serve on a loopback address, "
+            f"not {bind!r}: set serving.token (e.g. token: ${{LAMBDAFLOW_API_TOKEN}}) or bind 127.0.0.1"
+        )
     pipeline = settings.pipeline
     views = compile_views(pipeline)
     ev = pipeline.events
     features = FeatureFunction(pipeline)
-    validator = Validator(ev.fields, pipeline.source.max_payload_bytes)
-    sessions = SessionCache(settings, settings.profile.serving.refresh_seconds)
+    validator = Validator.for_events(ev, pipeline.source.max_payload_bytes)
+    max_body = pipeline.source.max_payload_bytes
+    sessions = SessionCache(settings, serving.refresh_seconds)
     models = ChampionCache(settings)
+    model_lock = threading.Lock()  # one look at the registry at a time
     metrics = CollectorRegistry()
     requests = Counter("lambdaflow_api_requests", "API requests", ["endpoint", "status"], registry=metrics)
     latency = Histogram(
         "lambdaflow_api_seconds", "API latency", ["endpoint"], registry=metrics, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
     )
-    token = settings.profile.serving.token
+    expected = token.encode() if token is not None else None  # compared as UTF-8 bytes, as clients send it
     bearer = HTTPBearer(auto_error=False)
 
     def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if token is None:
+        if expected is None:
             return
-        if credentials is None or not secrets.compare_digest(credentials.credentials, token):
+        if credentials is None or not secrets.compare_digest(_header_bytes(credentials.credentials), expected):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    async def bounded_body(request: Request) -> bytes:
+        """The request body, refused with 413 as soon as it is known to pass ``max_body``: declared or while it streams in."""
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise HTTPException(400, f"Content-Length is not a number: {declared!r}")
+            if int(declared) > max_body:
+                raise HTTPException(413, f"request body of {int(declared)} bytes is larger than max_payload_bytes {max_body}")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise HTTPException(413, f"request body is larger than max_payload_bytes {max_body} (stopped reading at {size} bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def champion() -> LoadedModel | None:
+        """The model to score with; the registry is asked by one request at a time, the others use the model in use meanwhile."""
+        if model_lock.acquire(blocking=models.model is None):
+            try:
+                return models.refresh()
+            finally:
+                model_lock.release()
+        return models.model
 
     app = FastAPI(
         title="Lambdaflow serving API",
         version="0.1.0",
         description="Unified (batch + speed) views, predictions and on-demand scoring. Read-only; no caller-supplied SQL.",
     )
+
+    @app.exception_handler(SnapshotUnavailable)
+    async def unavailable(request: Request, exc: SnapshotUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:
@@ -98,11 +228,13 @@ def create_app(settings: Settings) -> FastAPI:
         requests.labels(endpoint, str(response.status_code)).inc()
         return response
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        """Liveness and the table versions the API currently reads."""
-        sessions.query("SELECT 1")
-        return {"status": "ok", "tables": sessions._session.versions if sessions._session else {}}
+    @app.get("/health", responses={503: {"description": "The newest table snapshots cannot be opened: `reason` says why."}})
+    def health() -> JSONResponse:
+        """Liveness and the table versions the API reads; 503 with the reason while it cannot open the newest ones."""
+        versions, problem = sessions.status()
+        if problem is None:
+            return JSONResponse({"status": "ok", "tables": versions})
+        return JSONResponse({"status": "unhealthy", "reason": problem, "tables": versions}, status_code=503)
 
     @app.get("/metrics", dependencies=[Depends(authorised)])
     def prometheus() -> Response:
@@ -118,10 +250,13 @@ def create_app(settings: Settings) -> FastAPI:
         if len(compiled.spec.keys) != 1:
             raise HTTPException(400, f"view {view!r} has a composite key {compiled.spec.keys}: not addressable by one path segment")
         key_col = compiled.spec.keys[0]
-        rows = sessions.query(f"SELECT * FROM {quote(unified_name(view))} WHERE {quote(key_col)} = ?", [key])
-        fresh = sessions.query(
-            f'SELECT "batch_watermark" AS w, "freshest_ingest_seq" AS s FROM {quote(FRESHNESS_VIEW)} WHERE "view_name" = ?', [view]
-        ).to_pylist()[0]
+        rows, freshness = sessions.queries(
+            [
+                (f"SELECT * FROM {quote(unified_name(view))} WHERE {quote(key_col)} = ?", [key]),
+                (f'SELECT "batch_watermark" AS w, "freshest_ingest_seq" AS s FROM {quote(FRESHNESS_VIEW)} WHERE "view_name" = ?', [view]),
+            ]
+        )
+        fresh = freshness.to_pylist()[0]
         if rows.num_rows == 0:
             raise HTTPException(404, f"no rows for {key_col}={key!r} in {view}")
         return {
@@ -144,23 +279,36 @@ def create_app(settings: Settings) -> FastAPI:
         row["features"] = dict(zip(features.names, row["features"] or []))
         return _jsonable(row)
 
-    @app.post("/score", dependencies=[Depends(authorised)])
-    async def score(request: Request) -> dict[str, Any]:
+    @app.post(
+        "/score",
+        dependencies=[Depends(authorised)],
+        responses={413: {"description": f"The body is larger than max_payload_bytes ({max_body})."}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": f"One event as JSON, at most {max_body} bytes.",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
+    def score(body: bytes = Depends(bounded_body)) -> dict[str, Any]:
         """Score one event now with the champion, using the same feature function and the key's current state."""
-        body = await request.body()
         valid, _, rejects = validator.validate([RawRecord("api", 0, 0, None, body)])
         if rejects:
             raise HTTPException(422, rejects[0].reason)
-        model = models.refresh()
+        model = champion()
         if model is None:
             raise HTTPException(503, "no champion model has been promoted yet")
         key = valid.column(ev.partition_key)[0].as_py()
-        prior = {}
-        for name in {f.view for f in pipeline.features if isinstance(f, ViewFeature)}:
-            view = views[name]
-            # the key's partial rows under the merge rule: batch as of W, speed rows after W
-            part = sessions.query(f"SELECT * FROM ({to_duckdb(partial_rows_sql(view))}) AS p WHERE {quote(ev.partition_key)} = ?", [key])
-            prior[name] = view.merge_arrow([part])
+        names = sorted({f.view for f in pipeline.features if isinstance(f, ViewFeature)})
+        # the key's partial rows under the merge rule: batch as of W, speed rows after W; all views from one snapshot
+        parts = sessions.queries(
+            [
+                (f"SELECT * FROM ({to_duckdb(partial_rows_sql(views[name]))}) AS p WHERE {quote(ev.partition_key)} = ?", [key])
+                for name in names
+            ]
+        )
+        prior = {name: views[name].merge_arrow([part]) for name, part in zip(names, parts)}
         vector = features.compute(valid, prior)
 
         value = float(predict(model.booster, feature_matrix(vector, model.features))[0])
@@ -174,6 +322,14 @@ def create_app(settings: Settings) -> FastAPI:
         }
 
     return app
+
+
+def _header_bytes(value: str) -> bytes:
+    """A header value as the bytes the client sent (ASGI servers decode headers as Latin-1)."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:  # not from a wire header: compare its UTF-8 form
+        return value.encode()
 
 
 def _jsonable(value: Any) -> Any:

@@ -5,14 +5,23 @@ dataset over that snapshot's file list — DuckDB's own ``delta`` extension
 cannot be downloaded here) and creates the serving views from the same Trino
 SQL text, transpiled. A table that does not exist yet is registered empty with
 its schema, so the unified views answer from day one.
+
+Once the tables and views are in place, the connection loses all access to
+files and the network (``enable_external_access = false``) and its
+configuration is locked, so SQL from a user (``lambdaflow query``) reads the
+Lambdaflow tables and views and nothing else: no ``read_csv('/etc/passwd')``,
+no ``COPY … TO``, no ``ATTACH``, no extensions. The registered tables keep
+working because pyarrow, not DuckDB, reads their files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
 import pyarrow as pa
+from deltalake.exceptions import DeltaError
 
 from lambdaflow.config import Settings
 from lambdaflow.contracts.batch import RUNS_SCHEMA, batch_table_schema
@@ -30,13 +39,16 @@ from lambdaflow.contracts.paths import (
     sql_name,
 )
 from lambdaflow.contracts.speed import QUARANTINE_SCHEMA, predictions_schema, speed_view_schema
-from lambdaflow.errors import QueryError
+from lambdaflow.errors import QueryError, TableError
 from lambdaflow.sql import to_duckdb
-from lambdaflow.tables import Table
+from lambdaflow.tables import Snapshot, Table
 from lambdaflow.views import compile_views, quote
 from serving_layer.sql import view_definitions
 
 __all__ = ["QueryError", "Session", "expected_schemas", "open_session"]
+
+#: Statements run once every table and view is registered: from then on SQL reaches only those.
+LOCKDOWN = ("SET enable_external_access = false", "SET lock_configuration = true")
 
 
 @dataclass
@@ -62,6 +74,8 @@ class Session:
             raise QueryError(f"not valid Trino SQL: {exc}") from None
         try:
             return self.connection.sql(text).to_arrow_table()
+        except duckdb.PermissionException as exc:
+            raise QueryError(f"{exc} (file access is off: SQL here reads only the Lambdaflow tables and views)") from None
         except duckdb.Error as exc:
             raise QueryError(str(exc)) from None
 
@@ -83,28 +97,54 @@ def expected_schemas(settings: Settings) -> dict[str, pa.Schema]:
     return out
 
 
+def _read(name: str, uri: str) -> tuple[Snapshot, Any]:
+    """A table's latest snapshot and a lazy Arrow dataset over it.
+
+    Raises:
+        TableError: the table cannot be read (for example a corrupt Delta log); the message names it.
+    """
+    try:
+        snap = Table(uri).snapshot()
+        return snap, snap.to_arrow_dataset()
+    except TableError as exc:  # keeps its class (TableMissingError: the table went away since it was listed)
+        raise type(exc)(f"cannot read table {name} at {uri}: {exc}") from exc
+    except (DeltaError, OSError, ValueError) as exc:  # delta-rs and pyarrow errors (ArrowInvalid is a ValueError)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__  # drop delta-rs backtraces
+        raise TableError(f"cannot read table {name} at {uri}: {reason}") from exc
+
+
 def open_session(settings: Settings) -> Session:
-    """Register every table's latest snapshot and create the serving views."""
+    """Register every table's latest snapshot, create the serving views, then shut SQL off from files.
+
+    Raises:
+        TableError: a table cannot be read; the message names it.
+    """
     con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    session = Session(con)
-    speed_app = app_id(settings)
-    present = dict(existing_tables(settings.profile))
-    expected = expected_schemas(settings)
-    for name, schema in expected.items():
-        alias = sql_name(name)
-        if name in present:
-            snap = Table(present[name]).snapshot()
-            con.register(alias, snap.to_arrow_dataset())
-            session.versions[name] = snap.version
-            session.speed_seq[name] = snap.txn_version(speed_app) or 0
-        else:
-            con.register(alias, schema.empty_table())
-    for name, uri in present.items():  # tables the pipeline does not know about are queryable too
-        if name not in expected:
-            snap = Table(uri).snapshot()
-            con.register(sql_name(name), snap.to_arrow_dataset())
-            session.versions[name] = snap.version
-    for view, body in view_definitions(settings.pipeline).items():
-        con.execute(f"CREATE VIEW {quote(view)} AS {to_duckdb(body)}")
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        session = Session(con)
+        speed_app = app_id(settings)
+        present = dict(existing_tables(settings.profile))
+        expected = expected_schemas(settings)
+        for name, schema in expected.items():
+            alias = sql_name(name)
+            if name in present:
+                snap, dataset = _read(name, present[name])
+                con.register(alias, dataset)
+                session.versions[name] = snap.version
+                session.speed_seq[name] = snap.txn_version(speed_app) or 0
+            else:
+                con.register(alias, schema.empty_table())
+        for name, uri in present.items():  # tables the pipeline does not know about are queryable too
+            if name not in expected:
+                snap, dataset = _read(name, uri)
+                con.register(sql_name(name), dataset)
+                session.versions[name] = snap.version
+        for view, body in view_definitions(settings.pipeline).items():
+            con.execute(f"CREATE VIEW {quote(view)} AS {to_duckdb(body)}")
+        for statement in LOCKDOWN:
+            con.execute(statement)
+    except BaseException:
+        con.close()
+        raise
     return session

@@ -37,7 +37,7 @@ from lambdaflow.errors import OffsetGapError
 from lambdaflow.tables import Table
 from lambdaflow.validation import RawRecord
 
-__all__ = ["Gap", "acknowledgements", "check_replay", "fingerprint", "find_gaps", "gap_row", "raise_for"]
+__all__ = ["Gap", "acknowledgements", "check_replay", "fingerprint", "find_gaps", "gap_row", "raise_for", "raw_record"]
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def find_gaps(config: dict[str, Any], recorded: Offsets, fingerprints: Offsets, 
     from kafka import KafkaConsumer, TopicPartition
 
     gaps: list[Gap] = []
-    consumer = KafkaConsumer(**config, group_id=None, enable_auto_commit=False, auto_offset_reset="none")
+    consumer = KafkaConsumer(**config, group_id=None, enable_auto_commit=False, auto_offset_reset="none", isolation_level="read_committed")
     try:
         for topic, partitions in recorded.items():
             for text, next_offset in partitions.items():
@@ -108,7 +108,7 @@ def find_gaps(config: dict[str, Any], recorded: Offsets, fingerprints: Offsets, 
                 outcome, record = _probe(consumer, tp, next_offset - 1, timeout)
                 if outcome == "record":
                     expected = fingerprints.get(topic, {}).get(text)
-                    if record.offset == next_offset - 1 and expected is not None and fingerprint(_raw(record)) != expected:
+                    if record.offset == next_offset - 1 and expected is not None and fingerprint(raw_record(record)) != expected:
                         gaps.append(Gap(topic, int(text), next_offset, consumer.beginning_offsets([tp])[tp], "recreated"))
                 elif outcome == "out_of_range":
                     start = consumer.beginning_offsets([tp])[tp]
@@ -117,14 +117,21 @@ def find_gaps(config: dict[str, Any], recorded: Offsets, fingerprints: Offsets, 
                     elif start < next_offset:  # the wanted record is not below the start, so the log ends before it
                         gaps.append(Gap(topic, int(text), next_offset, start, "reset"))
                     # start == next_offset: the last ingested record expired, nothing after it did
-                else:
-                    log.warning("could not read %s[%s] at offset %s within %ss to check continuity", topic, text, next_offset - 1, timeout)
+                else:  # nothing came back: the log may end before the record (its tail was lost)
+                    end = consumer.end_offsets([tp])[tp]
+                    if end < next_offset:
+                        gaps.append(Gap(topic, int(text), next_offset, consumer.beginning_offsets([tp])[tp], "reset"))
+                    else:
+                        log.warning(
+                            "could not read %s[%s] at offset %s within %ss to check continuity", topic, text, next_offset - 1, timeout
+                        )
     finally:
         consumer.close()
     return gaps
 
 
-def _raw(record: Any) -> RawRecord:
+def raw_record(record: Any) -> RawRecord:
+    """A kafka-python ``ConsumerRecord`` as the :class:`RawRecord` the pipeline works with."""
     return RawRecord(record.topic, record.partition, record.offset, record.key, record.value, record.timestamp)
 
 
@@ -168,7 +175,7 @@ def gap_row(gap: Gap, app: str, reason: str, by: str) -> pa.Table:
     return pa.Table.from_pylist([row], schema=OFFSET_GAPS_SCHEMA)
 
 
-def check_replay(records: Sequence[RawRecord], start: Offsets, end: Offsets, expected: int | None) -> None:
+def check_replay(records: Sequence[RawRecord], start: Offsets, end: Offsets, expected: int | None, last: Offsets | None = None) -> None:
     """A replayed batch must be exactly the records its commit recorded.
 
     The commit recorded the batch's offset ranges and how many records it held; a
@@ -176,9 +183,24 @@ def check_replay(records: Sequence[RawRecord], start: Offsets, end: Offsets, exp
     if it were the same batch. Offsets inside a range may legitimately have holes
     (transaction markers), so the count decides and the holes name the problem.
 
+    The fingerprint of each partition's last record must match the one the commit recorded
+    (a recreated topic can hold as many records at the same offsets).
+
     Raises:
         OffsetGapError: the replay is not the recorded batch.
     """
+    newest: dict[tuple[str, str], RawRecord] = {}
+    for r in records:
+        key = (r.topic, str(r.partition))
+        if key not in newest or r.offset > newest[key].offset:
+            newest[key] = r
+    for (topic, text), record in newest.items():
+        recorded = (last or {}).get(topic, {}).get(text)
+        if recorded is not None and record.offset == end.get(topic, {}).get(text, -1) - 1 and fingerprint(record) != recorded:
+            raise OffsetGapError(
+                f"cannot replay the last micro-batch: {topic}[{text}] offset {record.offset} holds another record than the one "
+                "ingested (the topic was recreated); the tables behind cannot be completed from this log"
+            )
     if expected is None or len(records) == expected:
         return
     got: dict[tuple[str, str], set[int]] = {}

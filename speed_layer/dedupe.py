@@ -1,17 +1,19 @@
 """Duplicate deliveries across micro-batches: event ids the speed layer has already ingested.
 
 A producer that retries without idempotence (or a replayed file) can deliver an
-event twice, in different micro-batches. Every delivered record still lands in
-``master/events`` — it is the record of what arrived, and the batch layer keeps
-the first copy by :data:`lambdaflow.contracts.master.FIRST_COPY_ORDER` — but only
-the first copy may reach the speed partials, the features and ``predictions``.
+event twice, in the same micro-batch or a later one. Only the first copy is
+ingested: appended to ``master/events``, counted in the speed partials, featurised
+and scored. A repeat is dropped and counted (``lambdaflow.duplicates`` in the
+master commit, ``lambdaflow_speed_duplicate_events`` in the metrics), never
+quarantined: it is not malformed.
 
 The ids remembered are those ingested after the expiry horizon
 (:func:`lambdaflow.contracts.batch.expiry_horizon`: the previous publish's W), rebuilt
 from ``master/events`` on start and after each batch publish. A duplicate whose
 first copy is older than that (more than about one batch cycle earlier) is not
 recognised here; the speed partials count it until the next batch run, which
-removes it. docs/operations.md states this limit.
+removes it (the batch layer keeps the first copy by
+:data:`lambdaflow.contracts.master.FIRST_COPY_ORDER`). docs/operations.md states this limit.
 """
 
 from __future__ import annotations
@@ -40,14 +42,28 @@ class SeenEvents:
         self.id_column = tables.settings.pipeline.events.id_column
         self.horizon = NO_WATERMARK
         self.ids: set[object] = set()
+        self._versions: dict[str, int | None] = {}
+
+    def _tables(self) -> dict[str, Table]:
+        settings = self.tables.settings
+        return {v.name: Table(table_uri(settings.profile, batch_view(v.name))) for v in settings.pipeline.views}
+
+    def _batch_versions(self) -> dict[str, int | None]:
+        return {name: (t.version() if t.exists() else None) for name, t in self._tables().items()}
 
     def _horizon(self) -> int:
-        settings = self.tables.settings
-        horizons = [expiry_horizon(Table(table_uri(settings.profile, batch_view(v.name)))) for v in settings.pipeline.views]
-        return min(horizons) if horizons else NO_WATERMARK  # the widest window any view still needs
+        # the widest window any view still needs; a view published only once (a new view) does not
+        # pull the horizon back to the beginning while the others have moved on
+        known = [h for h in (expiry_horizon(t) for t in self._tables().values()) if h != NO_WATERMARK]
+        return min(known) if known else NO_WATERMARK
+
+    def stale(self) -> bool:
+        """True when any batch view was published (or maintained) since :meth:`load`: the horizon may have moved."""
+        return self._batch_versions() != self._versions
 
     def load(self, below_seq: int | None = None) -> None:
         """Rebuild from ``master/events``: ids of micro-batches after the horizon (and before ``below_seq``)."""
+        self._versions = self._batch_versions()
         self.horizon = self._horizon()
         condition = pc.field(INGEST_SEQ) > self.horizon
         if below_seq is not None:

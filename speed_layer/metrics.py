@@ -19,7 +19,9 @@ class SpeedMetrics:
         self.appended = Counter("lambdaflow_speed_appended_events", "valid events appended to master/events", registry=r)
         self.quarantined = Counter("lambdaflow_speed_quarantined_records", "records sent to quarantine", registry=r)
         self.duplicates = Counter(
-            "lambdaflow_speed_duplicate_events", "repeated deliveries of an ingested event (kept in master/events, not counted again)", registry=r
+            "lambdaflow_speed_duplicate_events",
+            "repeated deliveries of an ingested event (kept in master/events, not counted again)",
+            registry=r,
         )
         self.labels = Counter("lambdaflow_speed_labels", "labels appended to master/labels", registry=r)
         self.scored = Counter("lambdaflow_speed_scored_events", "events scored by a model", registry=r)

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from lambdaflow.config import Settings
 from lambdaflow.contracts.commits import (
     APP_KEY,
+    DUPLICATES_KEY,
     INGESTED_AT_KEY,
     OFFSETS_END_KEY,
     OFFSETS_LAST_KEY,
@@ -39,6 +40,7 @@ from lambdaflow.contracts.commits import (
 from lambdaflow.contracts.master import first_copies, to_label_rows, to_master_rows
 from lambdaflow.contracts.paths import MASTER_EVENTS, MASTER_LABELS, PREDICTIONS, QUARANTINE, speed_view
 from lambdaflow.contracts.speed import SpeedTables, prediction_rows, quarantine_rows
+from lambdaflow.errors import TableError
 from lambdaflow.faults import crash_point
 from lambdaflow.features import FeatureFunction
 from lambdaflow.schemas import INGEST_SEQ
@@ -80,7 +82,7 @@ class SpeedPipeline:
         pipeline = settings.pipeline
         self.event_topic = pipeline.source.topic
         self.label_topic = pipeline.labels.topic if pipeline.labels else None
-        self.events = Validator(pipeline.events.fields, pipeline.source.max_payload_bytes)
+        self.events = Validator.for_events(pipeline.events, pipeline.source.max_payload_bytes)
         self.labels = Validator(pipeline.labels.fields, pipeline.source.max_payload_bytes) if pipeline.labels else None
         self.features = FeatureFunction(pipeline)
         self.prior = PriorState(settings, self.tables)
@@ -99,7 +101,10 @@ class SpeedPipeline:
             for commit in self.tables.master.history(limit):
                 if commit.get(SEQ_KEY) == seq and commit.get(APP_KEY) == self.app_id:
                     return commit
-        raise LookupError(f"no master/events commit for micro-batch {seq} of {self.app_id}")
+        raise TableError(
+            f"master/events has no commit info for micro-batch {seq} of {self.app_id} (removed by log cleanup?): "
+            "the positions to resume from are unknown; restore the table's _delta_log or start a new consumer group"
+        )
 
     def committed_offsets(self) -> Offsets:
         """Next offset per topic/partition as of the last committed batch (empty before the first)."""
@@ -126,12 +131,15 @@ class SpeedPipeline:
         end: Offsets,
         now: dt.datetime | None = None,
         last: Offsets | None = None,
+        committed: pa.Table | None = None,
     ) -> BatchResult:
         """Run micro-batch ``seq`` over ``records`` (the consumed range ``start``..``end``).
 
         Args:
             now: the batch's ingest time (a replay passes the time recorded by the first attempt).
             last: fingerprint of the last record per topic/partition after this batch (cumulative).
+            committed: for a replay, the batch's rows already in ``master/events``: they, not a new
+                validation and duplicate check, are what the other tables are completed from.
         """
         t0 = time.monotonic()
         now = now or dt.datetime.now(dt.timezone.utc)
@@ -140,7 +148,7 @@ class SpeedPipeline:
         label_records = [r for r in records if self.label_topic is not None and r.topic == self.label_topic]
         other = [Reject(r, f"unexpected topic {r.topic!r}") for r in records if r.topic not in (self.event_topic, self.label_topic)]
 
-        valid, accepted, rejects = self.events.validate(event_records)
+        valid, accepted, rejects = self.events.validate(event_records, now=now)
         spec = self.settings.pipeline.events
         master_rows = to_master_rows(
             valid,
@@ -150,6 +158,12 @@ class SpeedPipeline:
             pa.array([r.offset for r in accepted], pa.int64()),
             now,
         )
+        # a repeated delivery (same event id, in this batch or an earlier one) is dropped: counted, not quarantined
+        if committed is None:
+            unique, _ = self.seen.drop_seen(first_copies(master_rows, spec.id_column, spec.time_column))
+        else:
+            unique = committed
+        duplicates = master_rows.num_rows - unique.num_rows
         skipped: list[str] = []
         metadata = {
             SEQ_KEY: seq,
@@ -160,11 +174,12 @@ class SpeedPipeline:
             INGESTED_AT_KEY: now.isoformat(),
             OFFSETS_LAST_KEY: last or {},
             VALID_KEY: valid.num_rows,
+            DUPLICATES_KEY: duplicates,
         }
         self._commit(
             MASTER_EVENTS,
             seq,
-            lambda: self.tables.master.append(master_rows, txn=txn, metadata=metadata, operation="speed-append"),
+            lambda: self.tables.master.append(unique, txn=txn, metadata=metadata, operation="speed-append"),
             skipped,
         )
 
@@ -191,7 +206,6 @@ class SpeedPipeline:
         if label_rows is not None:
             self._commit(MASTER_LABELS, seq, lambda: self.tables.labels.append(label_rows, txn=txn, operation="speed-labels"), skipped)  # type: ignore[union-attr]
 
-        unique, duplicates = self.seen.drop_seen(first_copies(master_rows, spec.id_column, spec.time_column))
         self.seen.add(unique)
         features = self.features.compute(unique, self.prior.states)
         partials = {}
@@ -214,7 +228,7 @@ class SpeedPipeline:
         return BatchResult(
             seq,
             len(records),
-            valid.num_rows,
+            unique.num_rows,
             len(rejects),
             0 if label_rows is None else label_rows.num_rows,
             0 if scores is None else len(scores),
@@ -222,7 +236,7 @@ class SpeedPipeline:
             round(time.monotonic() - t0, 4),
             max_time,
             skipped,
-            master_rows.num_rows - unique.num_rows,
+            duplicates,
         )
 
     def _commit(self, name: str, seq: int, commit: Callable[[], Any], skipped: list[str]) -> None:
@@ -253,10 +267,11 @@ class SpeedPipeline:
         commit = self.batch_commit(seq)
         start, end = commit.get(OFFSETS_START_KEY, {}), commit.get(OFFSETS_END_KEY, {})
         records = fetch(start, end)
-        check_replay(records, start, end, commit.get(RECORDS_KEY))
+        check_replay(records, start, end, commit.get(RECORDS_KEY), commit.get(OFFSETS_LAST_KEY, {}))
         log.warning("replaying micro-batch %s for %s (%s records)", seq, behind, len(records))
         ingested = commit.get(INGESTED_AT_KEY)
         when = dt.datetime.fromisoformat(ingested) if ingested else None
-        result = self.process(records, seq, start, end, now=when, last=commit.get(OFFSETS_LAST_KEY))
+        rows = self.tables.master.snapshot().to_arrow(filter=pc.field(INGEST_SEQ) == seq)
+        result = self.process(records, seq, start, end, now=when, last=commit.get(OFFSETS_LAST_KEY), committed=rows)
         self.load_state()
         return result

@@ -25,7 +25,7 @@ from lambdaflow.config import Settings
 from lambdaflow.contracts.commits import Offsets
 from lambdaflow.errors import OffsetGapError
 from lambdaflow.validation import RawRecord
-from speed_layer.continuity import Gap, acknowledgements, find_gaps, fingerprint, gap_row, raise_for
+from speed_layer.continuity import Gap, acknowledgements, find_gaps, fingerprint, gap_row, raise_for, raw_record
 from speed_layer.metrics import SpeedMetrics
 from speed_layer.microbatch import BatchResult, SpeedPipeline
 
@@ -65,10 +65,6 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
-def _raw(record: Any) -> RawRecord:
-    return RawRecord(record.topic, record.partition, record.offset, record.key, record.value, record.timestamp)
-
-
 def fetch_range(config: dict[str, Any], start: Offsets, end: Offsets) -> list[RawRecord]:
     """Read exactly the records in ``[start, end)`` of every listed partition (for replaying a batch)."""
     from kafka import KafkaConsumer, TopicPartition
@@ -77,7 +73,7 @@ def fetch_range(config: dict[str, Any], start: Offsets, end: Offsets) -> list[Ra
     wanted = {tp: (lo, hi) for tp, (lo, hi) in wanted.items() if hi > lo}
     if not wanted:
         return []
-    consumer = KafkaConsumer(**config, enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(**config, enable_auto_commit=False, group_id=None, isolation_level="read_committed")
     try:
         consumer.assign(list(wanted))
         for tp, (lo, _) in wanted.items():
@@ -90,7 +86,7 @@ def fetch_range(config: dict[str, Any], start: Offsets, end: Offsets) -> list[Ra
                 raise OffsetGapError(f"cannot re-read the last micro-batch's records ({ranges}) within 120s: expired or lost from Kafka?")
             for tp, batch in consumer.poll(timeout_ms=500).items():
                 hi = wanted[tp][1]
-                out += [_raw(r) for r in batch if r.offset < hi]
+                out += [raw_record(r) for r in batch if r.offset < hi]
         return out
     finally:
         consumer.close()
@@ -104,8 +100,8 @@ class SpeedLayer:
         self.pipeline = SpeedPipeline(settings)
         self.kafka = services.client_config(settings.profile)
         self.stopping = False
-        #: where an acknowledged gap lets a partition continue: (topic, partition) → offset
-        self.resume_at: dict[tuple[str, int], int] = {}
+        #: where an acknowledged gap lets a partition continue: (topic, partition) → (recorded next offset, resume at)
+        self.resume_at: dict[tuple[str, int], tuple[int, int]] = {}
         #: fingerprint of the last ingested record per topic/partition (cumulative, as committed)
         self.fingerprints: Offsets = {}
         port = settings.profile.speed.metrics_port if metrics_port is None else metrics_port
@@ -126,6 +122,7 @@ class SpeedLayer:
             enable_auto_commit=False,
             # never jump silently: an out-of-range position is a gap or a reset, diagnosed in _poll_batch
             auto_offset_reset="none",
+            isolation_level="read_committed",  # records of aborted transactions are not events
             max_poll_records=min(speed.max_batch_records, 10_000),
             # static membership: a restarted instance takes its old place at once instead of
             # waiting a session timeout for the dead member to leave the group
@@ -146,7 +143,9 @@ class SpeedLayer:
                 positions = {t: dict(p) for t, p in recorded.items()}
                 for tp in assigned:
                     offset = recorded.get(tp.topic, {}).get(str(tp.partition))
-                    offset = layer.resume_at.get((tp.topic, tp.partition), offset)  # past an acknowledged gap
+                    gap = layer.resume_at.get((tp.topic, tp.partition))
+                    if gap is not None and gap[0] == offset:  # past an acknowledged gap, until a batch moves on
+                        offset = gap[1]
                     if offset is None:
                         consumer.seek_to_beginning(tp)
                     else:
@@ -172,10 +171,11 @@ class SpeedLayer:
             signal.signal(signal.SIGINT, self.stop)
         # the champion first: a batch replayed by recovery is scored like any other
         self.pipeline.scorer.refresh(force=True)
+        # the log must continue where the tables say the layer stopped before anything is read from it
+        self._check_continuity()
         replayed = self.pipeline.recover(lambda s, e: fetch_range(self.kafka, s, e))
         if replayed:
             log.warning("recovered micro-batch %s", replayed.seq, extra={"batch": replayed.__dict__})
-        self._check_continuity()
         self.positions: Offsets = self.pipeline.committed_offsets()
         consumer = self._consumer()
         seq = self.pipeline.last_seq()
@@ -186,7 +186,7 @@ class SpeedLayer:
             while not self.stopping:
                 records = self._poll_batch(consumer, speed.max_batch_records, speed.max_batch_seconds)
                 self.pipeline.scorer.refresh()
-                if self.pipeline.prior.stale():
+                if self.pipeline.prior.stale() or self.pipeline.seen.stale():
                     self.pipeline.load_state()
                 if not records:
                     if not self._caught_up(consumer):
@@ -199,6 +199,7 @@ class SpeedLayer:
                 seq += 1
                 result = self.pipeline.process(records, seq, start, end, last=last)
                 self.positions, self.fingerprints = end, last
+                self.resume_at.clear()  # the recorded positions now lie past every acknowledged gap
                 self._commit_group(consumer, end)
                 self.metrics.observe(result, self._lag(consumer))
                 log.info("micro-batch %s", seq, extra={"batch": result.__dict__})
@@ -216,6 +217,7 @@ class SpeedLayer:
         from kafka.errors import OffsetOutOfRangeError
 
         records: list[RawRecord] = []
+        fetched: set[tuple[str, int, int]] = set()
         deadline = time.monotonic() + max_seconds
         while len(records) < max_records and not self.stopping:
             remaining = deadline - time.monotonic()
@@ -231,7 +233,12 @@ class SpeedLayer:
                     f"Kafka reports positions out of range ({exc}), but the log looks continuous now: restart the speed layer"
                 ) from exc
             for batch in polled.values():
-                records += [_raw(r) for r in batch]
+                for r in batch:
+                    # a rebalance in the middle of a batch seeks back to the recorded positions: the records
+                    # fetched again are already in this batch
+                    if (r.topic, r.partition, r.offset) not in fetched:
+                        fetched.add((r.topic, r.partition, r.offset))
+                        records.append(raw_record(r))
         return records
 
     def _ranges(self, records: list[RawRecord]) -> tuple[Offsets, Offsets, Offsets]:
@@ -257,17 +264,17 @@ class SpeedLayer:
         Raises:
             OffsetGapError: naming each partition, its offsets and the command that acknowledges the gap.
         """
-        recorded = self.pipeline.committed_offsets()
+        topics = {t for t in (self.pipeline.event_topic, self.pipeline.label_topic) if t}
+        recorded = {t: p for t, p in self.pipeline.committed_offsets().items() if t in topics}  # topics still read
         self.fingerprints = self.pipeline.committed_fingerprints()
         acknowledged = acknowledgements(self.pipeline.tables.offset_gaps, self.pipeline.app_id)
         gaps = find_gaps(self.kafka, recorded, self.fingerprints)
         still_open = [g for g in gaps if (g.topic, g.partition, g.recorded_next) not in acknowledged]
         raise_for(still_open, ACKNOWLEDGE)
         for g in gaps:
-            self.resume_at[(g.topic, g.partition)] = acknowledged[(g.topic, g.partition, g.recorded_next)]
-            log.warning(
-                "continuing %s[%s] at offset %s past an acknowledged gap", g.topic, g.partition, self.resume_at[(g.topic, g.partition)]
-            )
+            resume = acknowledged[(g.topic, g.partition, g.recorded_next)]
+            self.resume_at[(g.topic, g.partition)] = (g.recorded_next, resume)
+            log.warning("continuing %s[%s] at offset %s past an acknowledged gap", g.topic, g.partition, resume)
 
     def _commit_group(self, consumer: Any, end: Offsets) -> None:
         from kafka import OffsetAndMetadata, TopicPartition

@@ -13,7 +13,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdaflow.config import Settings, ViewFeature
-from lambdaflow.contracts.batch import NO_WATERMARK, batch_watermark
+from lambdaflow.contracts.batch import NO_WATERMARK, batch_watermark, expiry_horizon
+from lambdaflow.contracts.commits import WATERMARK_KEY
+from lambdaflow.contracts.master import first_copies
 from lambdaflow.contracts.paths import batch_view, table_uri
 from lambdaflow.contracts.speed import SpeedTables
 from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ
@@ -42,15 +44,28 @@ class PriorState:
         return {n: (t.version() if (t := self._batch_table(n)).exists() else None) for n in self.views}
 
     def load(self, below_seq: int | None = None) -> None:
-        """Rebuild from the tables: latest batch view (W) ⊕ speed partials with W < seq (< ``below_seq``)."""
+        """Rebuild from the tables: latest batch view (W) ⊕ speed partials with W < seq.
+
+        Args:
+            below_seq: the state as it was before micro-batch ``below_seq`` (for a replay): the
+                newest batch-view version whose W lies below it ⊕ the speed partials in between —
+                or, when expiry has already removed some of those, a recompute from ``master/events``.
+        """
         self._batch_versions = self.batch_versions()
         watermarks = []
         for name, view in self.views.items():
             batch = self._batch_table(name)
+            version = self._batch_versions[name]
+            if below_seq is not None and version is not None:
+                version = _version_below(batch, below_seq)
+                if expiry_horizon(batch) > (NO_WATERMARK if version is None else batch_watermark(batch.snapshot(version))):
+                    self.states[name] = self._from_master(view, below_seq)
+                    watermarks.append(NO_WATERMARK)
+                    continue
             parts = []
             w = NO_WATERMARK
-            if self._batch_versions[name] is not None:
-                rows = batch.snapshot(self._batch_versions[name]).to_arrow()
+            if version is not None:
+                rows = batch.snapshot(version).to_arrow()
                 # W from the rows, as the serving SQL reads it: robust to compaction and checkpoint commits
                 w = batch_watermark(rows)
                 parts.append(rows.drop_columns([BATCH_WATERMARK]))
@@ -65,6 +80,12 @@ class PriorState:
         self.watermark = min(watermarks) if watermarks else NO_WATERMARK
         log.info("prior state loaded", extra={"watermark": self.watermark, "rows": {n: t.num_rows for n, t in self.states.items()}})
 
+    def _from_master(self, view: CompiledView, below_seq: int) -> pa.Table:
+        """The view's state over every event ingested before ``below_seq`` (exact, and a full read of master)."""
+        spec = self.settings.pipeline.events
+        rows = self.tables.master.snapshot().to_arrow(filter=pc.field(INGEST_SEQ) < below_seq)
+        return view.merge_arrow([view.partials_arrow(first_copies(rows, spec.id_column, spec.time_column))])
+
     def stale(self) -> bool:
         """True when a batch view was published since :meth:`load`."""
         return self.batch_versions() != self._batch_versions
@@ -74,3 +95,11 @@ class PriorState:
         for name, view in self.views.items():
             if name in partials:
                 self.states[name] = view.merge_arrow([self.states[name], partials[name]])
+
+
+def _version_below(batch: Table, below_seq: int) -> int | None:
+    """The newest version of a batch view published with W < ``below_seq`` (None: none was)."""
+    for commit in batch.history():
+        if WATERMARK_KEY in commit and int(commit[WATERMARK_KEY]) < below_seq:
+            return int(commit["version"])
+    return None

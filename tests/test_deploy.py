@@ -14,7 +14,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from lambdaflow.config import load_profile
+from lambdaflow.config import load_profile, load_settings
+from lambdaflow.errors import ConfigError
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -29,7 +30,12 @@ def _env(service: dict) -> dict[str, str]:
 
 
 def _container_ports(service: dict) -> set[int]:
-    return {int(str(p).split(":")[-1].split("/")[0]) for p in service.get("ports", [])}
+    """Ports the service listens on for the other services: published (``ports``) or internal only (``expose``)."""
+    return {int(str(p).split(":")[-1].split("/")[0]) for p in [*service.get("ports", []), *service.get("expose", [])]}
+
+
+#: The services reachable from outside the stack, each behind its own authentication.
+AUTHENTICATED = {"api": "bearer token (serving.token)", "airflow-api": "Airflow's auth manager"}
 
 
 def test_every_service_is_runnable_and_long_running_ones_have_health_checks() -> None:
@@ -84,6 +90,42 @@ def test_compose_agrees_with_the_cluster_profile() -> None:
     trino_catalog = (ROOT / "conf/trino/catalog/lambdaflow.properties").read_text()
     assert "connector.name=delta_lake" in trino_catalog and "delta.metadata.cache-ttl=5s" in trino_catalog
     assert any("lambdaflow.properties" in v for v in SERVICES["trino"]["volumes"])
+
+
+def test_only_authenticated_services_publish_ports() -> None:
+    published = {name for name, service in SERVICES.items() if service.get("ports")}
+    assert published == set(AUTHENTICATED), f"only {sorted(AUTHENTICATED)} may publish ports; found {sorted(published)}"
+    # the API cannot start without its token (compose refuses to run with it unset), and only the API is given it ...
+    assert _env(SERVICES["api"])["LAMBDAFLOW_API_TOKEN"].startswith("${LAMBDAFLOW_API_TOKEN:?")
+    assert [name for name, service in SERVICES.items() if "LAMBDAFLOW_API_TOKEN" in _env(service)] == ["api"]
+    # ... and Airflow's UI keeps its login
+    airflow = {k.upper(): str(v).lower() for k, v in _env(SERVICES["airflow-api"]).items()}
+    assert airflow.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "false") == "false"
+    # everything else is reachable only on the stack's internal network, which has no way out
+    networks = COMPOSE.get("networks") or {}
+    internal = {name for name, network in networks.items() if (network or {}).get("internal") is True}
+    assert internal, "declare an internal network for the services that publish nothing"
+    for name, service in SERVICES.items():
+        attached = set(service.get("networks") or ["default"])
+        assert attached <= set(networks), f"{name} joins an undeclared network {attached - set(networks)}"
+        if name not in AUTHENTICATED:
+            assert attached <= internal, f"{name} must be on internal networks only, not {sorted(attached - internal)}"
+        assert attached & internal, f"{name} cannot reach the other services"
+
+
+def test_the_cluster_profile_serves_on_a_public_address_only_with_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving_layer.api import create_app
+
+    profile = load_profile(ROOT / "conf/profiles/cluster.yaml")
+    assert profile.serving.host not in ("127.0.0.1", "localhost", "::1")  # published by compose: a token is a must
+    monkeypatch.delenv("LAMBDAFLOW_API_TOKEN", raising=False)
+    tokenless = load_settings(profile="cluster", conf_dir=ROOT / "conf")
+    with pytest.raises(ConfigError, match=r"serving\.token"):
+        create_app(tokenless)
+    monkeypatch.setenv("LAMBDAFLOW_API_TOKEN", "t0ken")
+    settings = load_settings(profile="cluster", conf_dir=ROOT / "conf")
+    assert settings.profile.serving.token == "t0ken"
+    create_app(settings)  # builds without reaching any service
 
 
 def test_dockerfile_shape() -> None:

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline")
     parser.add_argument("--master", dest="spark_master")
     parser.add_argument("--master-version", type=int)
-    parser.add_argument("--cutoff", help="ISO time of what is known (default: the latest event time)")
+    parser.add_argument("--cutoff", help="ISO time of what is known (default: the snapshot's ingest time)")
     args = parser.parse_args(argv)
     settings = load_settings(args.profile, args.pipeline)
     spark = get_spark(settings.profile.spark, app_name="lambdaflow-training-set", master=args.spark_master)

@@ -70,3 +70,12 @@ class StrictModel(BaseModel):
     """Base of every config model: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+#: A configuration key naming one of these holds a secret: never printed, in errors or in ``config show``.
+SECRET_WORDS: tuple[str, ...] = ("token", "password", "secret")
+
+
+def is_secret(key: object) -> bool:
+    """True for a key whose value must never be shown (``serving.token``, ``kafka.sasl_password``, …)."""
+    return any(word in str(key).lower() for word in SECRET_WORDS)

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
-from lambdaflow.config.common import DEFAULT_PROFILE, ENV_CONF_DIR, ENV_PIPELINE, ENV_PROFILE
+from lambdaflow.config.common import DEFAULT_PROFILE, ENV_CONF_DIR, ENV_PIPELINE, ENV_PROFILE, is_secret
 from lambdaflow.config.pipeline import PipelineConfig
 from lambdaflow.config.profile import ProfileConfig
 from lambdaflow.errors import ConfigError
@@ -181,6 +181,8 @@ def _explain(error: ErrorDetails, model: type[BaseModel]) -> str:
         return f"{key}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     shown = repr(found)
+    if loc and is_secret(loc[-1]):
+        return f"{key}: {message}; found a value that is not shown (a secret)"
     if isinstance(found, dict | list) or len(shown) > 120:  # a whole section (a model-level check): the reason says it all
         return f"{key}: {message}"
     return f"{key}: {message}; found {shown}"

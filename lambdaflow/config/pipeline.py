@@ -99,6 +99,12 @@ class EventsSpec(StrictModel):
         "its ingest time is quarantined (e.g. '400d'; default 400d, so a year of history can be replayed).",
     )
 
+    null_keys: Literal["quarantine", "key"] = Field(
+        default="quarantine",
+        description="What an event whose partition key is null becomes, the same in every layer: 'quarantine' rejects it "
+        "with its reason; 'key' makes null one more key (such events have no partition order: Kafka spreads them).",
+    )
+
     _max_future = field_validator("max_future", mode="before")(_duration)
     _max_age = field_validator("max_age", mode="before")(_duration)
 

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from lambdaflow.config import Settings
 from lambdaflow.contracts.commits import WATERMARK_KEY
+from lambdaflow.errors import TableError
 from lambdaflow.features import FeatureFunction
 from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ, arrow_type
 from lambdaflow.tables import Snapshot, Table
@@ -82,14 +83,14 @@ def published_commit(table: Table, version: int | None = None) -> dict[str, Any]
 
     Raises:
         TableMissingError: the table does not exist.
-        LookupError: nothing was published up to that version.
+        TableError: nothing was published up to that version.
     """
     for commit in table.history():
         if version is not None and int(commit.get("version", -1)) > version:
             continue
         if WATERMARK_KEY in commit:
             return commit
-    raise LookupError(f"{table.uri}: nothing was published up to version {version if version is not None else 'latest'}")
+    raise TableError(f"{table.uri}: nothing was published up to version {version if version is not None else 'latest'}")
 
 
 def publish_history(table: Table) -> list[int]:

@@ -12,6 +12,7 @@ from lambdaflow.config import Settings
 __all__ = [
     "APP_KEY",
     "CUTOFF_KEY",
+    "DUPLICATES_KEY",
     "EXPIRED_THROUGH_KEY",
     "INGESTED_AT_KEY",
     "MASTER_VERSION_KEY",
@@ -54,6 +55,8 @@ INGESTED_AT_KEY = "lambdaflow.ingested_at"
 #: ``master/events`` commits: records consumed and records valid in the batch.
 RECORDS_KEY = "lambdaflow.records"
 VALID_KEY = "lambdaflow.valid"
+#: ``master/events`` commits: repeated deliveries of already-ingested events, dropped (not appended).
+DUPLICATES_KEY = "lambdaflow.duplicates"
 
 #: topic → partition (as text, for JSON) → offset
 Offsets = dict[str, dict[str, int]]

@@ -38,8 +38,8 @@ TRAINING_SET = "batch/_training_set"
 OFFSET_GAPS = "offset_gaps"
 #: One row per completed batch cycle (run id, master version, W, view versions).
 RUNS = "batch/_runs"
-#: Directories under the storage root that never hold a table of ours (Spark staging, Delta's log).
-_NOT_TABLES = frozenset({"_staging", "_delta_log"})
+#: Directories under the storage root that hold no table of ours (Spark staging, Delta's log, earlier demo runs, services).
+_NOT_TABLES = frozenset({"_staging", "_delta_log", "previous-runs", "airflow", "mlflow", "services"})
 
 
 def batch_view(view: str) -> str:

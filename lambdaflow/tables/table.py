@@ -5,6 +5,9 @@ into the table's partition directories first (:meth:`Table.write_files`, or
 :func:`lambdaflow.tables.spark.stage_spark` for Spark), then one Delta
 transaction commits them. :meth:`Table._write_then_commit` ties the two
 together so the ``txn`` check, the files and the commit all use one snapshot.
+
+Long because the commit protocol (check, write, commit through one snapshot; removes and
+row deletes on the same path) is one unit; the Spark path and maintenance live apart.
 """
 
 from __future__ import annotations

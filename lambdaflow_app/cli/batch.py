@@ -83,7 +83,7 @@ def batch_views(
 @app.command("training-set")
 def batch_training_set(
     master_version: MasterVersion = None,
-    cutoff: Annotated[Optional[str], typer.Option(help="What is known: ISO time (default: the latest event time).")] = None,
+    cutoff: Annotated[Optional[str], typer.Option(help="What is known: ISO time (default: the snapshot's ingest time).")] = None,
     spark_master: SparkMaster = None,
 ) -> None:
     """Build the point-in-time training set (features as the speed layer saw them, labels known at the cut-off)."""

@@ -7,17 +7,15 @@ from typing import Any
 
 import typer
 
+from lambdaflow.config.common import is_secret
 from lambdaflow_app.cli._common import console, state
 
 app = typer.Typer(help="Inspect and validate configuration.", no_args_is_help=True)
 
-#: Keys whose values are secrets: shown masked.
-SECRET_KEYS = frozenset({"token", "password", "secret", "sasl_plain_password", "ssl_password"})
-
 
 def _mask(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: ("***" if k in SECRET_KEYS and v else _mask(v)) for k, v in value.items()}
+        return {k: ("***" if v and is_secret(k) else _mask(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(v) for v in value]
     return value

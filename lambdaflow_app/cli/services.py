@@ -46,7 +46,7 @@ def services_status(
     console.print(table if rows else "no embedded services recorded (start them with `lambdaflow services up`)")
     broker_up = any(r.name == "broker" and r.running for r in rows) or profile.kafka.kind == "external"
     if count and broker_up:
-        bootstrap = services.bootstrap_servers(profile)
+        bootstrap = services.client_config(profile)
         topics = RichTable(title="topics (records counted by consuming)")
         for col in ("topic", "partitions", "records"):
             topics.add_column(col, justify="right" if col != "topic" else "left")

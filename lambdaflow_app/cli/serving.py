@@ -8,7 +8,6 @@ from typing import Annotated, Literal, Optional
 import typer
 from rich.table import Table as RichTable
 
-from lambdaflow.errors import ConfigError
 from lambdaflow_app.cli._common import console, print_arrow, state
 
 Format = Literal["table", "csv", "json"]
@@ -69,9 +68,8 @@ def serve(
 
     s = state.settings()
     bind = host or s.profile.serving.host
-    if bind not in ("127.0.0.1", "localhost", "::1") and not s.profile.serving.token:
-        raise ConfigError(f"refusing to serve on {bind} without a token: set serving.token in the profile (or bind 127.0.0.1)")
-    uvicorn.run(create_app(s), host=bind, port=port or s.profile.serving.port, log_level="info")
+    app = create_app(s, host=bind)  # refuses a public address without a token
+    uvicorn.run(app, host=bind, port=port or s.profile.serving.port, log_level="info")
 
 
 def trino_ddl(

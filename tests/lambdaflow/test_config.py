@@ -208,3 +208,26 @@ def test_configs_that_load_but_break_things_are_refused(tmp_path: Path, mutate, 
         load_pipeline(_write(tmp_path, "pipeline.yaml", data))
     message = str(raised.value)
     assert key in message and fix in message, message
+
+
+def test_config_show_masks_secrets(tmp_path: Path) -> None:
+    """Regression: `config show` printed the API token."""
+    path = tmp_path / "profile.yaml"
+    path.write_text(
+        "storage: {kind: local, root: /tmp/x}\n"
+        "kafka: {kind: external, bootstrap_servers: ['b:9093'], security_protocol: SASL_SSL, sasl_mechanism: PLAIN,"
+        " sasl_username: lf, sasl_password: kafka-pw-123}\n"
+        "serving: {token: api-token-456}\n"
+    )
+    shown = run_cli("--profile", str(path), "config", "show").stdout
+    assert "kafka-pw-123" not in shown and "api-token-456" not in shown
+    assert '"sasl_username": "lf"' in shown and shown.count('"***"') == 2
+
+
+def test_a_bad_secret_value_is_not_echoed_in_the_error(tmp_path: Path) -> None:
+    """Regression: a config error printed the offending value, secrets included."""
+    path = tmp_path / "profile.yaml"
+    path.write_text("storage: {kind: local, root: /tmp/x}\nkafka: {kind: embedded}\nserving: {token: [hunter2-secret]}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_profile(path)
+    assert "serving.token" in str(raised.value) and "hunter2" not in str(raised.value)

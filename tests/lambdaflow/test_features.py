@@ -6,10 +6,11 @@ import datetime as dt
 
 import numpy as np
 import pyarrow as pa
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lambdaflow.config import load_pipeline
+from lambdaflow.config import PipelineConfig, load_pipeline
 from lambdaflow.contracts.master import to_master_rows
 from lambdaflow.features import FeatureFunction
 from lambdaflow.sample_data import generate
@@ -101,3 +102,47 @@ def test_unknown_category_and_missing_values() -> None:
     got = FF.compute(events)
     assert got["channel"].to_pylist() == [0.0, 1.0, 2.0, 0.0, 1.0]
     assert FF.names == [f.name for f in PIPELINE.features]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**31), st.lists(st.integers(1, 299), max_size=3, unique=True))
+def test_null_keys_are_one_key_in_both_layers_when_the_pipeline_says_so(seed: int, cuts: list[int]) -> None:
+    """Regression (events.null_keys: key): the speed layer never matched prior state for a null key, the batch did.
+
+    Batch side: one call over all events. Speed side: micro-batches with the merged partials of earlier ones.
+    """
+    data = yaml.safe_load((ROOT / "conf/pipeline.yaml").read_text())
+    data["events"]["fields"]["account_id"]["nullable"] = True
+    data["events"]["null_keys"] = "key"
+    pipeline = PipelineConfig.model_validate(data)
+    ff = FeatureFunction(pipeline)
+    events = generate(300, days=2, seed=seed, accounts=6).events
+    keys = events.column("account_id").to_pylist()
+    nulled = pa.array([None if i % 3 == 0 else k for i, k in enumerate(keys)], pa.string())
+    events = events.set_column(events.schema.get_field_index("account_id"), "account_id", nulled)
+    bounds = [0, *sorted(cuts), events.num_rows]
+    master = pa.concat_tables(
+        [to_master_rows(events.slice(a, b - a), pipeline.events, seq) for seq, (a, b) in enumerate(zip(bounds, bounds[1:]), start=1)]
+    )
+    whole = ff.compute(master)
+    parts, prior = [], None
+    for start, stop in zip(bounds, bounds[1:]):
+        parts.append(ff.compute(master.slice(start, stop - start), prior))
+        prior = {name: view.merge_arrow([view.partials_arrow(master.slice(0, stop))]) for name, view in ff.views.items()}
+    incremental = pa.concat_tables(parts)
+    null_rows = np.array([k is None for k in master.column("account_id").to_pylist()])
+    assert whole["lifetime_count"].to_numpy()[null_rows].max() > 0  # the null key accumulates history like any key
+    for name in ff.names:
+        a, b = whole[name].to_numpy(zero_copy_only=False), incremental[name].to_numpy(zero_copy_only=False)
+        assert np.allclose(a, b, equal_nan=True, rtol=1e-9), name
+
+
+def test_null_keys_are_quarantined_by_default() -> None:
+    from lambdaflow.producer import encode_row
+    from lambdaflow.validation import RawRecord, Validator
+
+    assert PIPELINE.events.null_keys == "quarantine"
+    row = generate(1, days=1, seed=5).events.to_pylist()[0] | {"account_id": None}
+    now = row["event_time"]
+    valid, _, rejects = Validator.for_events(PIPELINE.events, 65536).validate([RawRecord("t", 0, 0, None, encode_row(row))], now=now)
+    assert valid.num_rows == 0 and "account_id" in rejects[0].reason and "null" in rejects[0].reason

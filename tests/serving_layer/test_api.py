@@ -1,18 +1,35 @@
-"""The REST API over real tables: lookups, predictions, scoring now, auth, and no SQL from callers."""
+"""The REST API over real tables: lookups, predictions, scoring now, auth, and no SQL from callers.
+
+Also the API under faults and hostile clients: odd tokens, oversized or endless
+bodies, a slow model registry, a corrupt Delta log, a public bind without a token.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from batch_layer.views import recompute_views
 from lambdaflow import producer, registry
-from lambdaflow.config import ServingConfig
+from lambdaflow.config import LocalStorage, ServingConfig, Settings
+from lambdaflow.errors import ConfigError
 from lambdaflow.features import FeatureFunction
 from lambdaflow.sample_data import generate
+from lambdaflow.scoring import ChampionCache
 from serving_layer.api import create_app
 from serving_layer.engine import open_session
 from tests.conftest import SpeedEnv, make_env
@@ -62,7 +79,7 @@ def test_lookups_predictions_and_scoring(served) -> None:
     event_id = sample["event_id"][5].as_py()
     prediction = client.get(f"/predictions/{event_id}").json()
     assert prediction["event_id"] == event_id and set(prediction["features"]) == set(FeatureFunction(env.settings.pipeline).names)
-    fresh = shifted(sample.slice(0, 1), 24 * 5, "api-").to_pylist()[0]
+    fresh = shifted(sample.slice(0, 1), 24, "api-").to_pylist()[0]
     scored = client.post("/score", content=producer.encode_row(fresh))
     assert scored.status_code == 200, scored.text
     result = scored.json()
@@ -93,3 +110,164 @@ def test_bearer_token(served) -> None:
     assert client.get(f"/views/account_profile/{account}").status_code == 401
     assert client.get(f"/views/account_profile/{account}", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get(f"/views/account_profile/{account}", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def with_serving(settings: Settings, **serving: object) -> Settings:
+    profile = settings.profile.model_copy(update={"serving": settings.profile.serving.model_copy(update=serving)})
+    return settings.model_copy(update={"profile": profile})
+
+
+@contextlib.contextmanager
+def running(app: FastAPI) -> Iterator[tuple[str, int]]:
+    """The app behind a real HTTP server (uvicorn) on a free loopback port: yields (host, port)."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the API server did not start"
+        time.sleep(0.02)
+    try:
+        yield "127.0.0.1", server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def raw_exchange(address: tuple[str, int], head: bytes, chunks: Iterator[bytes], timeout: float = 10) -> bytes:
+    """Send a request head, then body chunks until the server answers (or stops reading); return the answer's head."""
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(head)
+        for chunk in chunks:
+            readable, writable, _ = select.select([sock], [sock], [], timeout)
+            if readable or not writable:
+                break  # the server answered, or stopped reading
+            try:
+                sock.sendall(chunk)
+            except OSError:  # reset, broken pipe or timeout: the server stopped listening
+                break
+        answer = b""
+        with contextlib.suppress(OSError):
+            while b"\r\n\r\n" not in answer and (more := sock.recv(65536)):
+                answer += more
+        return answer
+
+
+def test_non_ascii_bearer_tokens_are_refused_not_an_error(served) -> None:
+    env, sample, _ = served
+    account = sample["account_id"][0].as_py()
+    url = f"/views/account_profile/{account}"
+    client = TestClient(create_app(with_serving(env.settings, token="s3cret")), raise_server_exceptions=False)
+    for sent in ("Bearer é".encode(), "Bearer s3cretü".encode(), b"Bearer \xff\xfe"):
+        answer = client.get(url, headers={"Authorization": sent})
+        assert answer.status_code == 401, (sent, answer.status_code, answer.text)
+        assert answer.json()["detail"] == "missing or wrong bearer token"
+    # a non-ASCII token in the profile works for a client that sends it as UTF-8
+    client = TestClient(create_app(with_serving(env.settings, token="pässwört")), raise_server_exceptions=False)
+    assert client.get(url, headers={"Authorization": "Bearer pässwört".encode()}).status_code == 200
+    assert client.get(url, headers={"Authorization": "Bearer passwort"}).status_code == 401
+
+
+def test_request_bodies_are_limited_without_reading_them_whole(served) -> None:
+    env, sample, _ = served
+    limit = env.settings.pipeline.source.max_payload_bytes
+    fresh = producer.encode_row(shifted(sample.slice(0, 1), 24, "big-").to_pylist()[0])
+    with running(create_app(env.settings)) as address, httpx.Client(base_url=f"http://{address[0]}:{address[1]}", timeout=30) as client:
+        assert client.post("/score", content=fresh).status_code == 200  # a normal event is scored
+        over = client.post("/score", content=fresh + b" " * (limit + 1 - len(fresh)))
+        assert over.status_code == 413, over.text
+        assert f"max_payload_bytes {limit}" in over.json()["detail"]
+        streamed = client.post("/score", content=iter([b" " * 4096] * (limit // 4096 + 2)))  # chunked: no Content-Length
+        assert streamed.status_code == 413, streamed.text
+        # a huge declared body is refused from its head alone: the server does not wait for it
+        head = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n"
+        assert raw_exchange(address, head, iter([b"{"])).startswith(b"HTTP/1.1 413"), "declared 1 TB body not refused"
+        # an endless chunked body is cut off once it passes the limit, not read to its end
+        head = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        endless = (b"1000\r\n" + b" " * 4096 + b"\r\n" for _ in range(100_000))  # 400 MB unless the server stops reading
+        t0 = time.monotonic()
+        assert raw_exchange(address, head, endless).startswith(b"HTTP/1.1 413"), "endless body not refused"
+        assert time.monotonic() - t0 < 10
+        assert client.get("/health").status_code == 200  # and the server is still fine
+
+
+def test_a_slow_model_registry_does_not_stall_other_requests(served, monkeypatch: pytest.MonkeyPatch) -> None:
+    env, sample, _ = served
+    in_registry = threading.Event()
+    real_refresh = ChampionCache.refresh
+
+    def slow_refresh(self: ChampionCache, force: bool = False):  # the registry answers after 4 s
+        in_registry.set()
+        time.sleep(4)
+        return real_refresh(self, force)
+
+    monkeypatch.setattr(ChampionCache, "refresh", slow_refresh)
+    account = sample["account_id"][0].as_py()
+    fresh = producer.encode_row(shifted(sample.slice(1, 1), 24, "slow-").to_pylist()[0])
+    with running(create_app(env.settings)) as (host, port), httpx.Client(base_url=f"http://{host}:{port}", timeout=30) as client:
+        assert client.get("/health").status_code == 200
+        scored: list[httpx.Response] = []
+        scorer = threading.Thread(target=lambda: scored.append(client.post("/score", content=fresh)))
+        scorer.start()
+        assert in_registry.wait(10)
+        t0 = time.monotonic()
+        health = client.get("/health")
+        lookup = client.get(f"/views/account_profile/{account}")
+        waited = time.monotonic() - t0
+        scorer.join(30)
+    assert health.status_code == 200 and lookup.status_code == 200
+    assert waited < 2, f"other requests waited {waited:.1f} s for a /score blocked on the registry"
+    assert scored and scored[0].status_code == 200, scored
+
+
+def test_a_corrupt_delta_log_keeps_serving_the_last_good_snapshot(served, tmp_path: Path) -> None:
+    env, sample, _ = served
+    root = tmp_path / "root"  # a copy of the served tables, so the corruption stays in this test
+    shutil.copytree(env.settings.profile.storage.root, root)
+    profile = env.settings.profile.model_copy(
+        update={
+            "storage": LocalStorage(kind="local", root=str(root)),
+            "serving": env.settings.profile.serving.model_copy(update={"refresh_seconds": 0.05}),
+        }
+    )
+    settings = env.settings.model_copy(update={"profile": profile})
+    client = TestClient(create_app(settings), raise_server_exceptions=False)
+    account = sample["account_id"][0].as_py()
+    event_id = sample["event_id"][5].as_py()
+    assert client.get("/health").status_code == 200
+    good_view = client.get(f"/views/account_profile/{account}")
+    good_prediction = client.get(f"/predictions/{event_id}")
+    assert good_view.status_code == 200 and good_prediction.status_code == 200
+
+    newest = sorted((root / "master/events/_delta_log").glob("*.json"))[-1]
+    original = newest.read_bytes()
+    newest.write_bytes(original.rstrip(b"\n")[:-1])  # a torn write of the newest commit: the table cannot be reopened
+    time.sleep(0.2)
+    health = client.get("/health")
+    assert health.status_code == 503, health.text
+    assert health.json()["status"] == "unhealthy" and "master/events" in health.json()["reason"]
+    view = client.get(f"/views/account_profile/{account}")
+    assert view.status_code == 200 and view.json() == good_view.json()  # served from the last good snapshot
+    prediction = client.get(f"/predictions/{event_id}")
+    assert prediction.status_code == 200 and prediction.json() == good_prediction.json()
+
+    # an API started while the log is corrupt has no good snapshot: it says so instead of failing with 500
+    fresh = TestClient(create_app(settings), raise_server_exceptions=False)
+    assert fresh.get("/health").status_code == 503
+    refused = fresh.get(f"/views/account_profile/{account}")
+    assert refused.status_code == 503 and "master/events" in refused.json()["detail"]
+
+    newest.write_bytes(original)  # repaired: both recover by themselves
+    time.sleep(0.2)
+    for c in (client, fresh):
+        assert c.get("/health").status_code == 200
+        assert c.get(f"/views/account_profile/{account}").json() == good_view.json()
+
+
+def test_create_app_refuses_a_public_address_without_a_token(settings) -> None:
+    for host in ("0.0.0.0", "::", "192.0.2.10", "api.example.com"):
+        with pytest.raises(ConfigError, match=r"serving\.token"):
+            create_app(with_serving(settings, host=host, token=None))
+        create_app(with_serving(settings, host=host, token="s3cret"))  # with a token it may
+    for host in ("127.0.0.1", "localhost", "::1"):
+        create_app(with_serving(settings, host=host, token=None))  # loopback needs none

@@ -10,8 +10,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import sqlglot
+from deltalake import write_deltalake
 
 from batch_layer.views import expire_speed_rows, recompute_views
+from lambdaflow.config import LocalStorage
 from lambdaflow.contracts.speed import SpeedTables
 from lambdaflow.sample_data import generate
 from lambdaflow.schemas import INGEST_SEQ
@@ -137,6 +139,29 @@ def test_cli_query_formats(settings, test_profile) -> None:
     assert csv.splitlines() == ['"two"', "2"]
     bad = run_cli("query", "SELECT * FROM nowhere", profile=test_profile, check=False)
     assert bad.returncode == 1 and "nowhere" in bad.stderr
+
+
+def test_sql_can_neither_read_nor_write_files(settings, test_profile, tmp_path) -> None:
+    root = tmp_path / "root"
+    write_deltalake(str(root / "extra"), pa.table({"n": [1, 2, 3]}))  # a Delta table: an Arrow dataset over files
+    local = settings.model_copy(
+        update={"profile": settings.profile.model_copy(update={"storage": LocalStorage(kind="local", root=str(root))})}
+    )
+    session = open_session(local)
+    assert session.query('SELECT SUM("n") AS n FROM "extra"').column("n")[0].as_py() == 6  # tables still read
+    assert session.query('SELECT COUNT(*) AS n FROM "unified_account_profile"').column("n")[0].as_py() == 0  # and views
+    with pytest.raises(QueryError, match=r"/etc/passwd.*file access is off"):
+        session.query("SELECT * FROM read_csv('/etc/passwd')")
+    with pytest.raises(QueryError, match=r"file access is off"):
+        session.query(f"COPY (SELECT * FROM \"extra\") TO '{tmp_path / 'out.csv'}'")
+    assert not (tmp_path / "out.csv").exists()
+    for sql in ("SET enable_external_access = true", "RESET enable_external_access", "SET lock_configuration = false"):
+        with pytest.raises(QueryError, match="locked"):
+            session.query(sql, dialect="duckdb")
+    with pytest.raises(QueryError, match=r"file access is off"):
+        session.query("SELECT * FROM read_csv('/etc/passwd')")  # still off
+    bad = run_cli("query", "SELECT * FROM read_csv('/etc/passwd')", "--engine", "duckdb", profile=test_profile, check=False)
+    assert bad.returncode == 1 and "file access is off" in bad.stderr and "root:" not in bad.stdout
 
 
 @pytest.mark.skipif(

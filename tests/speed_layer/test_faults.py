@@ -13,7 +13,6 @@ import pyarrow.compute as pc
 from kafka import KafkaAdminClient
 
 from lambdaflow import services
-from lambdaflow.contracts.master import first_copies
 from lambdaflow.contracts.speed import SpeedTables
 from lambdaflow.sample_data import generate
 from lambdaflow.schemas import INGEST_SEQ
@@ -42,12 +41,11 @@ def test_a_repeated_delivery_in_a_later_batch_counts_once(speed_env: SpeedEnv) -
 
     tables = SpeedTables(speed_env.settings)
     master = tables.master.snapshot().to_arrow()
-    assert master.num_rows == 2000 + 60 + 40 + 300  # every delivery is recorded; the first copy counts
+    assert master.num_rows == 2300 and len(set(master.column("event_id").to_pylist())) == 2300  # each event once
     predictions = tables.predictions.snapshot().to_arrow()
     ids = Counter(predictions.column("event_id").to_pylist())
     assert len(ids) == 2300 and max(ids.values()) == 1  # one prediction per event
-    spec = speed_env.settings.pipeline.events
-    unique = first_copies(master, spec.id_column, spec.time_column)
+    unique = master
     for name, view in tables.views.items():
         speed = tables.speed[name].snapshot().to_arrow().drop_columns([INGEST_SEQ])
         got = view.finalize_arrow(view.merge_arrow([speed]))
@@ -114,3 +112,46 @@ def test_a_reset_topic_stops_the_layer_until_the_gap_is_acknowledged(speed_env: 
     assert pc.sum(got).as_py() == 1000  # the whole new log, from its start
     assert all(check.ok for check in verify(speed_env.settings))
     assert SPEED  # the same entry point the operator runs
+
+
+def test_a_batch_replayed_after_a_crash_is_scored_like_any_other(speed_env: SpeedEnv, tmp_path) -> None:
+    """Regression: recovery ran before the champion was loaded, so the replayed batch was written unscored."""
+    from tests.serving_layer.test_api import promote_a_model
+
+    version = promote_a_model(speed_env, tmp_path)
+    send(speed_env, generate(500, days=1, seed=51).events)
+    crashed = start(speed_env, crash_after="master/events:1")  # dies right after the commit point of batch 1
+    crashed.communicate(timeout=300)
+    assert crashed.returncode == 137
+    tables = SpeedTables(speed_env.settings)
+    assert tables.master.snapshot().num_records > 0 and tables.predictions.snapshot().num_records == 0
+    drain(speed_env)  # the restart replays batch 1 for the tables behind
+    predictions = tables.predictions.snapshot().to_arrow()
+    replayed = predictions.filter(pc.equal(predictions[INGEST_SEQ], 1))
+    assert replayed.num_rows > 0
+    assert pc.all(replayed["scored"]).as_py() and set(replayed["model_version"].to_pylist()) == {version}
+
+
+def test_records_deleted_before_they_were_read_stop_the_layer(speed_env: SpeedEnv) -> None:
+    """A retention gap: the log now starts after the recorded position. Regression: the consumer reset silently."""
+    import pytest
+    from kafka import TopicPartition
+
+    topic = speed_env.settings.pipeline.source.topic
+    send(speed_env, generate(200, days=1, seed=61).events)
+    drain(speed_env)
+    send(speed_env, generate(400, days=1, seed=62).events)  # not read yet: the layer is down
+    admin = KafkaAdminClient(bootstrap_servers=speed_env.bootstrap)
+    try:
+        partitions = services.count_records(speed_env.bootstrap, topic)
+        try:
+            admin.delete_records({TopicPartition(topic, p): n for p, n in partitions.items()})  # retention ran
+        except Exception as exc:  # noqa: BLE001 - a broker without DeleteRecords cannot simulate retention
+            pytest.skip(f"the broker does not support DeleteRecords ({exc.__class__.__name__})")
+    finally:
+        admin.close()
+    proc = start(speed_env, "--idle-exit", "3")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, err[-2000:]
+    assert "expired before they were read" in err and f"{topic}[" in err
+    assert SpeedTables(speed_env.settings).master.snapshot().num_records == 200

@@ -109,7 +109,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(speed_env: SpeedE
 
 
 def test_five_percent_malformed_records_are_quarantined_with_reasons(speed_env: SpeedEnv) -> None:
-    from tests.speed_layer.test_validation import BAD
+    from tests.lambdaflow.test_validation import BAD
 
     events = generate(2000, days=2, seed=5).events
     topic = speed_env.settings.pipeline.source.topic
