@@ -58,7 +58,9 @@ class LambdaMachine(RuleBasedStateMachine):
 
     @initialize()
     def fresh_pipeline(self) -> None:
-        self.env = make_env(self.tmp / uuid.uuid4().hex[:8], self.bootstrap, max_batch_seconds=0.3)
+        home = self.tmp / uuid.uuid4().hex[:8]
+        home.mkdir()
+        self.env = make_env(home, self.bootstrap, max_batch_seconds=0.3)
         self.settings = self.env.settings
         self.sent: list[pa.Table] = []
         self.clock = default_start(3)  # the past, inside the pipeline's accepted event-time window
@@ -67,6 +69,9 @@ class LambdaMachine(RuleBasedStateMachine):
         topic = self.settings.pipeline.source.topic
         for t in (topic, self.settings.pipeline.labels.topic):  # type: ignore[union-attr]
             services.ensure_topic(self.bootstrap, t, self.settings.pipeline.source.partitions)
+        # some history already ingested, so every rule meets a pipeline with state from its first step
+        self.produce(n=40, late_minutes=0, repeat=0, poison=1)
+        self.speed()
 
     # ------------------------------------------------------------------ rules
 
@@ -92,6 +97,14 @@ class LambdaMachine(RuleBasedStateMachine):
     @rule()
     def speed(self) -> None:
         SpeedLayer(self.settings, metrics_port=0).run(idle_exit_seconds=1.0)
+
+    @precondition(lambda self: bool(self.sent))
+    @rule(k=st.integers(1, 10))
+    def redeliver_ingested_events(self, k: int) -> None:
+        """A retrying producer: events the speed layer may already have ingested arrive again, then it runs."""
+        recent = self.sent[-1]
+        producer.produce(self.bootstrap, producer.pipeline_streams(self.settings.pipeline, recent.slice(0, min(k, recent.num_rows))))
+        self.speed()
 
     @rule(point=st.sampled_from(COMMIT_POINTS))
     def crash_and_restart(self, point: str) -> None:
@@ -203,5 +216,5 @@ def test_lambda_invariants_hold_under_any_interleaving(tmp_path: Path, broker: l
     LambdaMachine.tmp, LambdaMachine.bootstrap, LambdaMachine.spark = tmp_path, broker, spark
     run_state_machine_as_test(
         LambdaMachine,
-        settings=settings(max_examples=4, stateful_step_count=12, deadline=None, suppress_health_check=list(HealthCheck)),
+        settings=settings(max_examples=3, stateful_step_count=12, deadline=None, suppress_health_check=list(HealthCheck)),
     )

@@ -98,3 +98,23 @@ def test_tampered_champion_is_refused(local, spark) -> None:
     booster.write_bytes(booster.read_bytes()[:-16] + b"\0" * 16)
     with pytest.raises(registry.ModelVerificationError, match="checksum"):
         registry.load_champion(local)
+
+
+def test_one_outlier_timestamp_does_not_move_the_cutoff(local, spark) -> None:
+    """Regression: the cut-off was the largest event time, so one event dated 2099 made every unlabelled event mature."""
+    events = generate(600, days=20, seed=71).events
+    outlier = events.slice(0, 1).set_column(
+        events.schema.get_field_index("event_time"),
+        "event_time",
+        pa.array([dt.datetime(2099, 1, 1, tzinfo=UTC)], pa.timestamp("us", tz="UTC")),
+    )
+    outlier = outlier.set_column(events.schema.get_field_index("event_id"), "event_id", pa.array(["from-2099"]))
+    ingested = dt.datetime.now(UTC)
+    events_table(local).append(to_master_rows(pa.concat_tables([events, outlier]), local.pipeline.events, 1, ingested_at=ingested))
+    labels_table(local).append(to_label_rows(pa.Table.from_pylist([], schema=LABEL_SCHEMA), local.pipeline.labels, 1))
+    report = build_training_set(local, spark)
+    cutoff = dt.datetime.fromisoformat(report.cutoff)
+    assert abs((cutoff - ingested).total_seconds()) < 1  # the snapshot's ingest time, not 2099
+    mature_before = cutoff - dt.timedelta(seconds=local.pipeline.labels.maturity)
+    times = pa.array(events["event_time"]).to_pylist()
+    assert report.rows == sum(t <= mature_before for t in times)  # only events older than the label maturity

@@ -101,6 +101,23 @@ def test_bad_input_is_refused_clearly(served) -> None:
     assert {"/views/{view}/{key}", "/predictions/{event_id}", "/score", "/health", "/metrics"} <= set(paths)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"event_id": "p-\\ud800"}',  # a lone surrogate
+        b'{"event_id": "p-h", "mcc": ' + b"9" * 5000 + b"}",  # more digits than Python converts
+        b"[" * 3000 + b"]" * 3000,  # deeper than the recursion limit
+        b'{"event_id": "p-y", "event_time": "0001-01-01T00:00:00+05:00"}',  # leaves the calendar in UTC
+    ],
+    ids=["surrogate", "huge-integer", "deep-nesting", "year-1"],
+)
+def test_poison_bodies_get_422_with_a_reason(served, body: bytes) -> None:
+    """Regression: /score answered 500 to the bodies that stopped the speed layer."""
+    env, _, _ = served
+    response = TestClient(create_app(env.settings)).post("/score", content=body)
+    assert response.status_code == 422 and response.json()["detail"], response.text
+
+
 def test_bearer_token(served) -> None:
     env, sample, _ = served
     profile = env.settings.profile.model_copy(update={"serving": ServingConfig(token="s3cret")})
