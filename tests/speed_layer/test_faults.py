@@ -155,3 +155,53 @@ def test_records_deleted_before_they_were_read_stop_the_layer(speed_env: SpeedEn
     assert proc.returncode == 3, err[-2000:]
     assert "expired before they were read" in err and f"{topic}[" in err
     assert SpeedTables(speed_env.settings).master.snapshot().num_records == 200
+
+
+def test_a_batch_cycle_with_maintenance_while_the_speed_layer_runs_keeps_its_features_exact(speed_env: SpeedEnv, spark) -> None:
+    """Regression (maintenance): after `maintain` compacted the batch views, the running speed layer read W = -1
+    and counted a whole cycle of events twice in the features it scored with (a count went 3 -> 6)."""
+    import signal
+    import time
+
+    import numpy as np
+
+    from batch_layer import cycle
+    from batch_layer.training import build_training_set, featurize
+    from batch_layer.views import recompute_views
+    from lambdaflow.features import FeatureFunction
+
+    settings = speed_env.settings
+    sample = generate(6000, days=4, seed=81)
+    send(speed_env, sample.events.slice(0, 3000), sample.labels)
+    proc = start(speed_env)  # keeps running through the whole cycle
+    tables = SpeedTables(settings)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not tables.master.exists() or tables.master.snapshot().num_records < 3000):
+        time.sleep(0.5)
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")  # several files per view: maintenance compacts them
+    try:
+        for run in ("run-1", "run-2"):
+            master_version = cycle.snapshot(settings)["master_version"]
+            recompute_views(settings, spark, master_version, force=True)
+            build_training_set(settings, spark, master_version)
+            cycle.publish(settings, run, master_version)
+            cycle.expire(settings)
+            cycle.maintain(settings, retention_hours=1)
+    finally:
+        spark.conf.unset("spark.sql.adaptive.coalescePartitions.enabled")
+    send(speed_env, sample.events.slice(3000))  # new events, featurised by the running layer after the cycle
+    deadline = time.time() + 120
+    while time.time() < deadline and tables.master.snapshot().num_records < 6000:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+
+    new_ids = set(sample.events.slice(3000).column("event_id").to_pylist())
+    predictions = tables.predictions.snapshot().to_arrow()
+    speed = {e: f for e, f in zip(predictions["event_id"].to_pylist(), predictions["features"].to_pylist(), strict=True) if e in new_ids}
+    batch = featurize(settings, tables.master.snapshot().to_spark(spark)).toPandas().set_index("event_id")
+    names = FeatureFunction(settings.pipeline).names
+    assert len(speed) == 3000
+    assert np.allclose(np.array(list(speed.values())), batch.loc[list(speed), names].to_numpy(), equal_nan=True, rtol=1e-9)
+    assert all(check.ok for check in verify(settings))
