@@ -202,7 +202,7 @@ class Chaos:
         if proc.returncode != 3 or "does not continue" not in err:
             raise RuntimeError(f"the gap was not reported (exit {proc.returncode}): {err[-1500:]}")
         pipeline = SpeedPipeline(self.settings)
-        gaps = find_gaps({"bootstrap_servers": self.bootstrap}, pipeline.committed_offsets(), pipeline.committed_fingerprints())
+        gaps = find_gaps({"bootstrap_servers": self.bootstrap}, *pipeline.committed_position())
         for gap in gaps:
             args = ["speed", "acknowledge-gap", "--topic", gap.topic, "--partition", str(gap.partition), "--reason", "chaos: retention"]
             subprocess.run([sys.executable, "-m", "lambdaflow_app", *self.cli, *args], cwd=ROOT, check=True, capture_output=True)

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdaflow.config import EventFeature, PipelineConfig, RatioFeature, ViewFeature
+from lambdaflow.contracts.master import row_order
 from lambdaflow.schemas import BUCKET, INGEST_SEQ, KAFKA_OFFSET
 from lambdaflow.views import CompiledView, StateColumn, arrow_predicate, compile_views
 
@@ -42,19 +43,7 @@ _IDENTITY = {"sum": 0.0, "min": np.inf, "max": -np.inf}
 
 def position_order(events: pa.Table, time_column: str, id_column: str) -> np.ndarray:
     """Row indices of ``events`` in partition order (see module docstring)."""
-    keys = []
-    for name in (id_column, time_column, KAFKA_OFFSET, INGEST_SEQ):  # np.lexsort: last key is primary
-        if name in events.column_names:
-            col = events.column(name)
-            if pa.types.is_timestamp(col.type):
-                col = pc.cast(col, pa.int64())
-            values = col.to_numpy(zero_copy_only=False)
-            if values.dtype == object:
-                values = pd.factorize(values, sort=True)[0]
-            keys.append(np.nan_to_num(values.astype(np.float64), nan=np.inf))
-    if not keys:
-        return np.arange(events.num_rows)
-    return np.lexsort(keys)
+    return row_order(events, (INGEST_SEQ, KAFKA_OFFSET, time_column, id_column))
 
 
 @dataclass(frozen=True)

@@ -31,17 +31,14 @@ class StackInfo:
     logs: str
 
 
+def _module(settings: Settings, module: str, *args: str) -> list[str]:
+    """``python -m <module> --profile … --pipeline …`` with this stack's configuration."""
+    config = ["--profile", str(settings.profile_path.resolve()), "--pipeline", str(settings.pipeline_path.resolve())]
+    return [sys.executable, "-m", module, *config, *args]
+
+
 def _cli(settings: Settings, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "lambdaflow_app",
-        "--profile",
-        str(settings.profile_path.resolve()),
-        "--pipeline",
-        str(settings.pipeline_path.resolve()),
-        *args,
-    ]
+    return _module(settings, "lambdaflow_app", *args)
 
 
 def up(settings: Settings, airflow_port: int = 8280, rate: float = 50.0) -> StackInfo:
@@ -50,20 +47,7 @@ def up(settings: Settings, airflow_port: int = 8280, rate: float = 50.0) -> Stac
     services.up(profile)
     env = airflow_local.airflow_env(settings, airflow_port)
     airflow_local.migrate(env)
-    services.start_process(
-        profile,
-        "speed",
-        [
-            sys.executable,
-            "-m",
-            "speed_layer",
-            "--profile",
-            str(settings.profile_path.resolve()),
-            "--pipeline",
-            str(settings.pipeline_path.resolve()),
-        ],
-        env=env,
-    )
+    services.start_process(profile, "speed", _module(settings, "speed_layer"), env=env)
     api = f"http://{profile.serving.host}:{profile.serving.port}"
     services.start_process(profile, "api", _cli(settings, "serve"), env=env, address=api, port=profile.serving.port)
     airflow_url = f"http://127.0.0.1:{airflow_port}"

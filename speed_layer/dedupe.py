@@ -42,14 +42,10 @@ class SeenEvents:
         self.id_column = tables.settings.pipeline.events.id_column
         self.horizon = NO_WATERMARK
         self.ids: set[object] = set()
-        self._versions: dict[str, int | None] = {}
 
     def _tables(self) -> dict[str, Table]:
         settings = self.tables.settings
         return {v.name: Table(table_uri(settings.profile, batch_view(v.name))) for v in settings.pipeline.views}
-
-    def _batch_versions(self) -> dict[str, int | None]:
-        return {name: (t.version() if t.exists() else None) for name, t in self._tables().items()}
 
     def _horizon(self) -> int:
         # the widest window any view still needs; a view published only once (a new view) does not
@@ -57,13 +53,8 @@ class SeenEvents:
         known = [h for h in (expiry_horizon(t) for t in self._tables().values()) if h != NO_WATERMARK]
         return min(known) if known else NO_WATERMARK
 
-    def stale(self) -> bool:
-        """True when any batch view was published (or maintained) since :meth:`load`: the horizon may have moved."""
-        return self._batch_versions() != self._versions
-
     def load(self, below_seq: int | None = None) -> None:
         """Rebuild from ``master/events``: ids of micro-batches after the horizon (and before ``below_seq``)."""
-        self._versions = self._batch_versions()
         self.horizon = self._horizon()
         condition = pc.field(INGEST_SEQ) > self.horizon
         if below_seq is not None:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdaflow.config import Settings
+from lambdaflow.contracts.batch import batch_view_versions
 from lambdaflow.contracts.commits import (
     APP_KEY,
     DUPLICATES_KEY,
@@ -87,6 +88,7 @@ class SpeedPipeline:
         self.features = FeatureFunction(pipeline)
         self.prior = PriorState(settings, self.tables)
         self.seen = SeenEvents(self.tables)
+        self._published: dict[str, int | None] = {}
         self.scorer = ChampionCache(settings)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -106,20 +108,29 @@ class SpeedPipeline:
             "the positions to resume from are unknown; restore the table's _delta_log or start a new consumer group"
         )
 
+    def committed_position(self) -> tuple[Offsets, Offsets]:
+        """Where the last committed batch left each topic/partition, from one read of its commit:
+        the next offset, and the fingerprint of the last ingested record (both empty before the first batch)."""
+        seq = self.last_seq()
+        commit = {} if seq == 0 else self.batch_commit(seq)
+        return commit.get(OFFSETS_END_KEY, {}), commit.get(OFFSETS_LAST_KEY, {})
+
     def committed_offsets(self) -> Offsets:
         """Next offset per topic/partition as of the last committed batch (empty before the first)."""
-        seq = self.last_seq()
-        return {} if seq == 0 else self.batch_commit(seq).get(OFFSETS_END_KEY, {})
-
-    def committed_fingerprints(self) -> Offsets:
-        """Fingerprint of the last ingested record per topic/partition (empty before the first batch)."""
-        seq = self.last_seq()
-        return {} if seq == 0 else self.batch_commit(seq).get(OFFSETS_LAST_KEY, {})
+        return self.committed_position()[0]
 
     def load_state(self, below_seq: int | None = None) -> None:
         """Rebuild the in-memory state from the tables: prior view state and the ids seen (before ``below_seq``)."""
-        self.prior.load(below_seq=below_seq)
+        self._published = batch_view_versions(self.settings)
+        self.prior.load(below_seq=below_seq, versions=self._published)
         self.seen.load(below_seq=below_seq)
+
+    def state_stale(self) -> bool:
+        """True when a batch view was published (or maintained) since :meth:`load_state`: view state and horizon may have moved.
+
+        One read of the batch views' versions, for both the prior state and the ids seen: this runs every poll.
+        """
+        return batch_view_versions(self.settings) != self._published
 
     # ------------------------------------------------------------------ the batch
 
@@ -150,14 +161,7 @@ class SpeedPipeline:
 
         valid, accepted, rejects = self.events.validate(event_records, now=now)
         spec = self.settings.pipeline.events
-        master_rows = to_master_rows(
-            valid,
-            spec,
-            seq,
-            pa.array([r.partition for r in accepted], pa.int32()),
-            pa.array([r.offset for r in accepted], pa.int64()),
-            now,
-        )
+        master_rows = to_master_rows(valid, spec, seq, *_coordinates(accepted), now)
         # a repeated delivery (same event id, in this batch or an earlier one) is dropped: counted, not quarantined
         if committed is None:
             unique, _ = self.seen.drop_seen(first_copies(master_rows, spec.id_column, spec.time_column))
@@ -188,14 +192,7 @@ class SpeedPipeline:
         if self.labels is not None and self.tables.labels is not None and label_spec is not None:
             good_labels, label_accepted, bad_labels = self.labels.validate(label_records)
             rejects += bad_labels
-            label_rows = to_label_rows(
-                good_labels,
-                label_spec,
-                seq,
-                pa.array([r.partition for r in label_accepted], pa.int32()),
-                pa.array([r.offset for r in label_accepted], pa.int64()),
-                now,
-            )
+            label_rows = to_label_rows(good_labels, label_spec, seq, *_coordinates(label_accepted), now)
         rejects += other
         self._commit(
             QUARANTINE,
@@ -275,3 +272,8 @@ class SpeedPipeline:
         result = self.process(records, seq, start, end, now=when, last=commit.get(OFFSETS_LAST_KEY), committed=rows)
         self.load_state()
         return result
+
+
+def _coordinates(records: Sequence[RawRecord]) -> tuple[pa.Array, pa.Array]:
+    """The Kafka partition and offset of each record, as the ingest columns store them."""
+    return pa.array([r.partition for r in records], pa.int32()), pa.array([r.offset for r in records], pa.int64())

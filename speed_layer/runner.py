@@ -186,7 +186,7 @@ class SpeedLayer:
             while not self.stopping:
                 records = self._poll_batch(consumer, speed.max_batch_records, speed.max_batch_seconds)
                 self.pipeline.scorer.refresh()
-                if self.pipeline.prior.stale() or self.pipeline.seen.stale():
+                if self.pipeline.state_stale():
                     self.pipeline.load_state()
                 if not records:
                     if not self._caught_up(consumer):
@@ -265,8 +265,8 @@ class SpeedLayer:
             OffsetGapError: naming each partition, its offsets and the command that acknowledges the gap.
         """
         topics = {t for t in (self.pipeline.event_topic, self.pipeline.label_topic) if t}
-        recorded = {t: p for t, p in self.pipeline.committed_offsets().items() if t in topics}  # topics still read
-        self.fingerprints = self.pipeline.committed_fingerprints()
+        offsets, self.fingerprints = self.pipeline.committed_position()
+        recorded = {t: p for t, p in offsets.items() if t in topics}  # topics still read
         acknowledged = acknowledgements(self.pipeline.tables.offset_gaps, self.pipeline.app_id)
         gaps = find_gaps(self.kafka, recorded, self.fingerprints)
         still_open = [g for g in gaps if (g.topic, g.partition, g.recorded_next) not in acknowledged]
@@ -312,8 +312,7 @@ def acknowledge_gap(settings: Settings, topic: str, partition: int, reason: str,
         OffsetGapError: the partition has no gap to acknowledge.
     """
     pipeline = SpeedPipeline(settings)
-    recorded = pipeline.committed_offsets()
-    gaps = find_gaps(services.client_config(settings.profile), recorded, pipeline.committed_fingerprints())
+    gaps = find_gaps(services.client_config(settings.profile), *pipeline.committed_position())
     gap = next((g for g in gaps if g.topic == topic and g.partition == partition), None)
     if gap is None:
         raise OffsetGapError(f"{topic}[{partition}] continues where the speed layer stopped: there is no gap to acknowledge")

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdaflow.config import Settings, ViewFeature
-from lambdaflow.contracts.batch import NO_WATERMARK, batch_watermark, expiry_horizon
+from lambdaflow.contracts.batch import NO_WATERMARK, batch_view_versions, batch_watermark, expiry_horizon
 from lambdaflow.contracts.commits import WATERMARK_KEY
 from lambdaflow.contracts.master import first_copies
 from lambdaflow.contracts.paths import batch_view, table_uri
@@ -35,27 +35,24 @@ class PriorState:
         self.views: dict[str, CompiledView] = {n: v for n, v in tables.views.items() if n in used}
         self.states: dict[str, pa.Table] = {}
         self.watermark: int = NO_WATERMARK
-        self._batch_versions: dict[str, int | None] = {}
 
     def _batch_table(self, name: str) -> Table:
         return Table(table_uri(self.settings.profile, batch_view(name)))
 
-    def batch_versions(self) -> dict[str, int | None]:
-        return {n: (t.version() if (t := self._batch_table(n)).exists() else None) for n in self.views}
-
-    def load(self, below_seq: int | None = None) -> None:
+    def load(self, below_seq: int | None = None, versions: dict[str, int | None] | None = None) -> None:
         """Rebuild from the tables: latest batch view (W) ⊕ speed partials with W < seq.
 
         Args:
             below_seq: the state as it was before micro-batch ``below_seq`` (for a replay): the
                 newest batch-view version whose W lies below it ⊕ the speed partials in between —
                 or, when expiry has already removed some of those, a recompute from ``master/events``.
+            versions: the batch-view versions to read (default: the current ones, :func:`batch_view_versions`).
         """
-        self._batch_versions = self.batch_versions()
+        versions = versions if versions is not None else batch_view_versions(self.settings)
         watermarks = []
         for name, view in self.views.items():
             batch = self._batch_table(name)
-            version = self._batch_versions[name]
+            version = versions[name]
             if below_seq is not None and version is not None:
                 version = _version_below(batch, below_seq)
                 if expiry_horizon(batch) > (NO_WATERMARK if version is None else batch_watermark(batch.snapshot(version))):
@@ -85,10 +82,6 @@ class PriorState:
         spec = self.settings.pipeline.events
         rows = self.tables.master.snapshot().to_arrow(filter=pc.field(INGEST_SEQ) < below_seq)
         return view.merge_arrow([view.partials_arrow(first_copies(rows, spec.id_column, spec.time_column))])
-
-    def stale(self) -> bool:
-        """True when a batch view was published since :meth:`load`."""
-        return self.batch_versions() != self._batch_versions
 
     def advance(self, partials: dict[str, pa.Table]) -> None:
         """Fold a committed micro-batch's partials into the state."""

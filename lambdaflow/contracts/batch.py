@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from lambdaflow.config import Settings
 from lambdaflow.contracts.commits import WATERMARK_KEY
+from lambdaflow.contracts.paths import batch_view, table_uri
 from lambdaflow.errors import TableError
 from lambdaflow.features import FeatureFunction
 from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ, arrow_type
@@ -30,6 +31,7 @@ __all__ = [
     "NO_WATERMARK",
     "RUNS_SCHEMA",
     "batch_table_schema",
+    "batch_view_versions",
     "batch_watermark",
     "expiry_horizon",
     "publish_history",
@@ -91,6 +93,18 @@ def published_commit(table: Table, version: int | None = None) -> dict[str, Any]
         if WATERMARK_KEY in commit:
             return commit
     raise TableError(f"{table.uri}: nothing was published up to version {version if version is not None else 'latest'}")
+
+
+def batch_view_versions(settings: Settings) -> dict[str, int | None]:
+    """The current Delta version of every ``batch/<view>`` (None before the first publish).
+
+    A changed version means a publish (or maintenance) since: state derived from the batch views is stale.
+    """
+    out: dict[str, int | None] = {}
+    for view in settings.pipeline.views:
+        table = Table(table_uri(settings.profile, batch_view(view.name)))
+        out[view.name] = table.version() if table.exists() else None
+    return out
 
 
 def publish_history(table: Table) -> list[int]:

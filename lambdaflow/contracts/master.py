@@ -9,9 +9,11 @@ id, the **first copy** counts — the one with the smallest (``_ingest_seq``,
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -31,6 +33,7 @@ __all__ = [
     "ingest_columns",
     "labels_schema",
     "labels_table",
+    "row_order",
     "to_label_rows",
     "to_master_rows",
 ]
@@ -118,18 +121,29 @@ def _order_columns(time_column: str) -> tuple[str, ...]:
     return (*FIRST_COPY_ORDER, time_column)
 
 
+def row_order(rows: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    """Row indices of ``rows`` sorted by ``columns`` (the first is the primary key), nulls last.
+
+    Columns the table lacks are skipped; strings compare in their sort order.
+    """
+    keys = []
+    for name in reversed(columns):  # np.lexsort: the last key is the primary one
+        if name in rows.column_names:
+            column = rows.column(name)
+            if pa.types.is_timestamp(column.type):
+                column = pc.cast(column, pa.int64())
+            values = column.to_numpy(zero_copy_only=False)
+            if values.dtype == object:
+                values = pd.factorize(values, sort=True)[0]
+            keys.append(np.nan_to_num(values.astype(np.float64), nan=np.inf))
+    return np.lexsort(keys) if keys else np.arange(rows.num_rows)
+
+
 def first_copies(events: pa.Table, id_column: str, time_column: str) -> pa.Table:
     """One row per event id, the first copy by :data:`FIRST_COPY_ORDER`; the rows kept stay in input order."""
     if events.num_rows == 0:
         return events
-    keys = []
-    for name in reversed(_order_columns(time_column)):  # np.lexsort: the last key is the primary one
-        if name in events.column_names:
-            column = events.column(name)
-            if pa.types.is_timestamp(column.type):
-                column = pc.cast(column, pa.int64())
-            keys.append(np.nan_to_num(column.to_numpy(zero_copy_only=False).astype(np.float64), nan=np.inf))
-    order = np.lexsort(keys) if keys else np.arange(events.num_rows)
+    order = row_order(events, _order_columns(time_column))
     ids = events.column(id_column).to_numpy(zero_copy_only=False)[order]
     _, first = np.unique(ids, return_index=True)
     if len(first) == events.num_rows:

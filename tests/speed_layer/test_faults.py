@@ -88,7 +88,7 @@ def test_a_reset_topic_stops_the_layer_until_the_gap_is_acknowledged(speed_env: 
     assert tables.master.snapshot().num_records == 400  # nothing of the new log was ingested
 
     pipeline = SpeedPipeline(speed_env.settings)
-    gaps = find_gaps({"bootstrap_servers": speed_env.bootstrap}, pipeline.committed_offsets(), pipeline.committed_fingerprints())
+    gaps = find_gaps({"bootstrap_servers": speed_env.bootstrap}, *pipeline.committed_position())
     assert gaps and {g.topic for g in gaps} == {topic}
     for gap in gaps:
         run_cli(
