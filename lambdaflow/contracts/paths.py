@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from lambdaflow.config import ProfileConfig
+from lambdaflow.errors import ConfigError
 
 __all__ = [
     "MASTER_EVENTS",
@@ -18,6 +19,9 @@ __all__ = [
     "TRAINING_SET",
     "batch_view",
     "existing_tables",
+    "filesystem",
+    "join",
+    "local_home",
     "local_path",
     "speed_view",
     "sql_name",
@@ -65,10 +69,29 @@ def table_uri(profile: ProfileConfig, name: str) -> str:
     return f"{profile.storage.uri.rstrip('/')}/{name.strip('/')}"
 
 
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """An Arrow file system for a ``file://`` or ``hdfs://`` location, and the location's path on it.
+
+    pyarrow's own HDFS client needs libhdfs and a JVM in the process; delta-rs reaches HDFS
+    natively (hdfs-native), so ``hdfs://`` goes through its object store, rooted at ``uri``
+    (the path returned is then ``""``).
+    """
+    if uri.startswith("hdfs://"):
+        from deltalake.fs import DeltaStorageHandler
+
+        return pafs.PyFileSystem(DeltaStorageHandler(uri.rstrip("/"))), ""
+    return pafs.FileSystem.from_uri(uri)
+
+
+def join(base: str, relative: str) -> str:
+    """``relative`` under ``base`` on a :func:`filesystem` (whose base may be the empty root)."""
+    return f"{base.rstrip('/')}/{relative}" if base else relative
+
+
 def existing_tables(profile: ProfileConfig, max_depth: int = 3) -> list[tuple[str, str]]:
     """(name, uri) of every Delta table under the storage root, sorted by name."""
     root = profile.storage.uri.rstrip("/")
-    fs, base = pafs.FileSystem.from_uri(root)
+    fs, base = filesystem(root)
     found: list[tuple[str, str]] = []
 
     def walk(path: str, depth: int) -> None:
@@ -101,3 +124,17 @@ def local_path(uri: str) -> Path:
     if "://" in uri:
         raise ValueError(f"{uri} is not on the local disk: this needs a storage root with storage.kind: local")
     return Path(uri)
+
+
+def local_home(profile: ProfileConfig) -> Path:
+    """The local directory for what is not a table (service state and logs, Airflow, MLflow).
+
+    Raises:
+        ConfigError: the storage root is not local and the profile names no ``home``.
+    """
+    if profile.home:
+        return Path(profile.home.removeprefix("file://")).expanduser().resolve()
+    uri = profile.storage.uri
+    if uri.startswith("file://"):
+        return local_path(uri)
+    raise ConfigError(f"the storage root {uri} is not local: set the profile key `home` to a local directory (e.g. home: .lambdaflow-pseudo)")

@@ -111,5 +111,5 @@ def _staged_parquet(table: Table, stage_rel: str) -> list[str]:
     for info in table._fs.get_file_info(selector):
         name = info.base_name
         if info.type == pafs.FileType.File and name.endswith(".parquet") and not name.startswith(("_", ".")):
-            out.append(info.path[len(table._root) + 1 :])
+            out.append(info.path[len(table._root) + 1 :] if table._root else info.path)
     return sorted(out)

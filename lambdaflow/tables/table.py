@@ -28,6 +28,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
+from lambdaflow.contracts.paths import filesystem, join
 from lambdaflow.errors import ConcurrentCommitError, TableError, TableMissingError
 from lambdaflow.tables.actions import CommitResult, DataFile, Txn, already_committed, check_inside, remove_action
 from lambdaflow.tables.layout import (
@@ -56,7 +57,7 @@ class Table:
     def __init__(self, uri: str, storage_options: dict[str, str] | None = None) -> None:
         self.uri = uri.rstrip("/")
         self.storage_options = storage_options
-        self._fs, self._root = pafs.FileSystem.from_uri(self.uri)
+        self._fs, self._root = filesystem(self.uri)
 
     def __repr__(self) -> str:
         return f"Table({self.uri!r})"
@@ -69,7 +70,7 @@ class Table:
 
     def _abs(self, relative_path: str) -> str:
         """The path of a file on :attr:`_fs` (no scheme)."""
-        return f"{self._root}/{relative_path}"
+        return join(self._root, relative_path)
 
     def _exists(self, relative_path: str) -> bool:
         return bool(self._fs.get_file_info(self._abs(relative_path)).type != pafs.FileType.NotFound)
