@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from batch_layer import cycle
 from lambdaflow.config import load_settings
+from lambdaflow.spark import delta_conf
 
 SETTINGS = load_settings()
 PROFILE = SETTINGS.profile
@@ -34,7 +35,8 @@ SPARK_CONN = "lambdaflow_spark"
 os.environ.setdefault(f"AIRFLOW_CONN_{SPARK_CONN.upper()}", json.dumps({"conn_type": "spark", "host": PROFILE.spark.master}))
 # spark-submit ships with pyspark, next to this interpreter.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-PASS_THROUGH = ("LAMBDAFLOW_PROFILE", "LAMBDAFLOW_PIPELINE", "LAMBDAFLOW_CONF", "LAMBDAFLOW_HOME", "PATH")
+# The job resolves the same profile: every LAMBDAFLOW_* variable it may expand (home, ports) goes along, but the API token.
+PASS_THROUGH = tuple(k for k in os.environ if k.startswith("LAMBDAFLOW_") and k != "LAMBDAFLOW_API_TOKEN") + ("PATH",)
 MASTER_VERSION = "{{ ti.xcom_pull(task_ids='snapshot')['master_version'] }}"
 
 
@@ -46,7 +48,8 @@ def _spark(task_id: str, job: str, *args: str) -> SparkSubmitOperator:
         conn_id=SPARK_CONN,
         deploy_mode=PROFILE.spark.deploy_mode if not PROFILE.spark.master.startswith("local") else None,
         conf={str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in PROFILE.spark.conf.items()}
-        | {"spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable},
+        | {"spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable}
+        | delta_conf(PROFILE.spark),
         env_vars={k: os.environ[k] for k in PASS_THROUGH if k in os.environ} | {"PYTHONPATH": str(ROOT)},
         name=f"lambdaflow-{task_id}",
         verbose=False,

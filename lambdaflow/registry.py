@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lambdaflow.config import Settings
-from lambdaflow.contracts.paths import local_path
+from lambdaflow.contracts.paths import local_home
 from lambdaflow.errors import ConfigError, ModelVerificationError
 
 #: Alias of the model the speed layer scores with.
@@ -30,13 +30,17 @@ log = logging.getLogger(__name__)
 
 
 def tracking_uri(settings: Settings) -> str:
-    """The MLflow tracking URI: the profile's, or SQLite under the storage root."""
+    """The MLflow tracking URI: the profile's, or SQLite under the profile's local home.
+
+    Raises:
+        ConfigError: neither ``mlflow.tracking_uri`` nor a local home (``home``, or a local storage root).
+    """
     if settings.profile.mlflow.tracking_uri:
         return settings.profile.mlflow.tracking_uri
-    root = settings.profile.storage.uri
-    if not root.startswith("file://"):
-        raise ConfigError("mlflow.tracking_uri must be set when the storage root is not local (profile key mlflow.tracking_uri)")
-    path = local_path(root) / "mlflow"
+    try:
+        path = local_home(settings.profile) / "mlflow"
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}, or set mlflow.tracking_uri to an MLflow server") from None
     path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}/mlflow.db"
 
@@ -58,7 +62,7 @@ def experiment_id(settings: Settings) -> str:
         return str(found.experiment_id)
     artifacts = None
     if not settings.profile.mlflow.tracking_uri:
-        artifacts = f"{settings.profile.storage.uri}/mlflow/artifacts"
+        artifacts = (local_home(settings.profile) / "mlflow" / "artifacts").as_uri()
     return str(c.create_experiment(name, artifact_location=artifacts))
 
 

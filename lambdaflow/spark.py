@@ -11,7 +11,7 @@ from lambdaflow.config import SparkConfig
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Row, SparkSession
 
-__all__ = ["REQUIRED_CONF", "finish", "first_row", "get_spark"]
+__all__ = ["REQUIRED_CONF", "delta_conf", "finish", "first_row", "get_spark"]
 
 #: Settings every session gets, whatever the profile says (docs/architecture.md §7, §9):
 #: UTC session time and microsecond Parquet timestamps (INT96 has no min/max stats).
@@ -21,6 +21,23 @@ REQUIRED_CONF: dict[str, str] = {
     # Partition values are typed by the table schema, never guessed from directory names.
     "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
 }
+
+
+def delta_conf(config: SparkConfig) -> dict[str, str]:
+    """Spark settings for the native Delta reader and writer, when the profile asks for them (``spark.delta_jars``).
+
+    Tables are still committed by delta-rs (docs/architecture.md §7); the jars let Spark read them with
+    ``format("delta")`` and let a data engineer's own jobs use Delta natively.
+    """
+    if not config.delta_jars:
+        return {}
+    from lambdaflow.services.jvm import classpath
+
+    return {
+        "spark.jars": classpath("delta-spark").replace(os.pathsep, ","),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    }
 
 
 def get_spark(config: SparkConfig, app_name: str = "lambdaflow", master: str | None = None) -> SparkSession:
@@ -41,7 +58,8 @@ def get_spark(config: SparkConfig, app_name: str = "lambdaflow", master: str | N
     builder = SparkSession.builder.appName(app_name)
     if master or "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
         builder = builder.master(master or config.master)
-    for key, value in {**{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in config.conf.items()}, **REQUIRED_CONF}.items():
+    profile_conf = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in config.conf.items()}
+    for key, value in {**profile_conf, **delta_conf(config), **REQUIRED_CONF}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -1,19 +1,25 @@
 """Airflow on one machine: a SQLite metadata DB under the storage root, the project's DAG folder.
 
-Used by the demo (``airflow dags test``) and by ``lambdaflow up`` (``airflow standalone``).
+Used by the demo (``airflow dags test`` on the embedded profile; on the pseudo profile a run
+started by the scheduler through the REST API) and by ``lambdaflow up`` (``airflow standalone``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+from lambdaflow import services
 from lambdaflow.config import Settings
-from lambdaflow.contracts.paths import local_path
-from lambdaflow.errors import ConfigError
+from lambdaflow.contracts.paths import local_home
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
@@ -21,10 +27,7 @@ DAGS = ROOT / "dags"
 
 def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
     """Environment for Airflow processes: home under the storage root, our DAGs, our configuration."""
-    uri = settings.profile.storage.uri
-    if not uri.startswith("file://"):
-        raise ConfigError(f"the local Airflow needs a local storage root (storage.kind: local); the profile has {uri}")
-    home = local_path(uri) / "airflow"
+    home = local_home(settings.profile) / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
@@ -70,3 +73,71 @@ def test_dag(env: dict[str, str], dag_id: str, on_line: Callable[[str], None] | 
 def _lines(proc: subprocess.Popen[str]) -> Iterator[str]:
     assert proc.stdout is not None
     yield from proc.stdout
+
+
+def start_scheduler(settings: Settings, port: int | None = None) -> tuple[dict[str, str], str]:
+    """``airflow standalone`` (API server, scheduler, DAG processor, triggerer) on loopback, recorded for ``services down``.
+
+    Returns:
+        The Airflow environment and the API's base URL.
+    """
+    port = port or settings.profile.airflow.port
+    env = airflow_env(settings, port)
+    migrate(env)
+    url = f"http://127.0.0.1:{port}"
+    services.start_process(settings.profile, "airflow", [airflow_bin(), "standalone"], env=env, address=url, port=port, wait=240)
+    return env, url
+
+
+class AirflowApi:
+    """The scheduler's REST API (v2), logged in with the password ``airflow standalone`` generated."""
+
+    def __init__(self, url: str, home: Path, timeout: float = 120) -> None:
+        self.url = url
+        deadline = time.monotonic() + timeout
+        passwords = home / "simple_auth_manager_passwords.json.generated"
+        while not passwords.is_file() and time.monotonic() < deadline:
+            time.sleep(1)
+        user, password = next(iter(json.loads(passwords.read_text()).items()))
+        self.token = str(self._call("POST", "/auth/token", {"username": user, "password": password}, auth=False)["access_token"])
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, auth: bool = True) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return dict(json.load(answer))
+
+    def trigger(self, dag_id: str, timeout: float = 180) -> str:
+        """Unpause the DAG once the DAG processor has parsed it, start a run now; returns the run id."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+                break
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404 or time.monotonic() > deadline:  # 404: not parsed yet
+                    raise
+                time.sleep(2)
+        run = self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None})
+        return str(run["dag_run_id"])
+
+    def wait(self, dag_id: str, run_id: str, on_task: Callable[[str, str], None] | None = None, timeout: float = 3600) -> str:
+        """Poll the run until it ends; ``on_task(task_id, state)`` on every change of a task's state. Returns the run's state."""
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            tasks = self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+            for task in tasks:
+                state = str(task.get("state") or "none")
+                if seen.get(task["task_id"]) != state:
+                    seen[task["task_id"]] = state
+                    if on_task:
+                        on_task(task["task_id"], state)
+            state = str(self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"])
+            if state in ("success", "failed"):
+                return state
+            time.sleep(3)
+        raise TimeoutError(f"DAG run {dag_id}/{run_id} did not finish within {timeout:.0f}s")

@@ -1,12 +1,20 @@
-"""`lambdaflow demo`: the whole Lambda loop on the embedded default, with progress throughout.
+"""`lambdaflow demo`: the whole Lambda loop, with progress throughout.
 
-1. start the embedded Kafka-compatible broker;
+On the embedded default everything runs in-process or as a small local process; with
+``--profile pseudo`` the same loop runs on the real stack (Apache Kafka, HDFS, a Spark
+standalone cluster, Airflow's scheduler, Trino).
+
+1. start the profile's services (``lambdaflow services up``);
 2. produce a month of sample card transactions and their late chargebacks;
 3. run the speed layer over it (exactly-once appends, quarantine, real-time views; no model yet);
-4. run the batch cycle as one Airflow DAG run (``airflow dags test lambdaflow_batch``, SQLite metadata
-   DB under the storage root): batch views, training set, train and promote a champion, expire;
+4. run the batch cycle as one Airflow DAG run: ``airflow dags test lambdaflow_batch`` on the embedded
+   default; on a profile with a Spark cluster, a run started through the scheduler's REST API whose
+   ``SparkSubmitOperator`` tasks go to that cluster: batch views, training set, train and promote a
+   champion, expire;
 5. stream a day of live events (with a few malformed records) — now scored by the champion;
-6. query the unified views, run ``verify``, and print a report; stop what the demo started.
+6. query the unified views (through Trino when the profile's ``sql_engine`` is trino, after
+   ``trino-ddl --apply``), run ``verify`` through the same engine, and print a report; stop what the
+   demo started.
 
 The demo generates sample card transactions, so it runs on a pipeline the
 sample fits (the default ``conf/pipeline.yaml``); everything after producing
@@ -26,8 +34,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from lambdaflow import producer, registry, sample_data, services
-from lambdaflow.config import Settings, ViewSpec
+from lambdaflow import producer, registry, sample_data, services, storage
+from lambdaflow.config import EmbeddedKafka, LocalStorage, Settings, ViewSpec
 from lambdaflow.contracts.batch import batch_watermark
 from lambdaflow.contracts.paths import PREDICTIONS, batch_view, existing_tables, local_path, sql_name, table_uri
 from lambdaflow.errors import ConfigError
@@ -109,7 +117,33 @@ class Demo:
         return results
 
     def batch_cycle(self) -> None:
-        """One run of the `lambdaflow_batch` DAG through Airflow (SQLite metadata DB under the storage root)."""
+        """One run of the `lambdaflow_batch` DAG through Airflow: the scheduler's with a Spark cluster, else `dags test`."""
+        if self.settings.profile.spark.embedded:
+            self._scheduled_run()
+        else:
+            self._test_run()
+        self._report_champion()
+
+    def _scheduled_run(self) -> None:
+        with console.status("  starting Airflow (API server, scheduler, DAG processor)…"):
+            env, url = airflow_local.start_scheduler(self.settings)
+            api = airflow_local.AirflowApi(url, Path(env["AIRFLOW_HOME"]))
+            run_id = api.trigger("lambdaflow_batch")
+        console.print(f"  run {run_id} started by the scheduler at {url}; Spark jobs go to {self.settings.profile.spark.master}")
+        marks = {"success": "[green]✓[/]", "failed": "[red]✗[/]", "up_for_retry": "[yellow]↻[/]", "running": "[cyan]…[/]"}
+        with console.status("  waiting for the scheduler…") as status:
+
+            def follow(task: str, state: str) -> None:
+                if state == "running":
+                    status.update(f"  airflow: running [bold]{task}[/] …")
+                elif state in marks:
+                    console.print(f"  {marks[state]} {task} ({state})")
+
+            state = api.wait("lambdaflow_batch", run_id, follow)
+        if state != "success":
+            raise RuntimeError(f"the batch DAG run {run_id} ended {state}; task logs under {env['AIRFLOW_HOME']}/logs")
+
+    def _test_run(self) -> None:
         import re
 
         env = airflow_local.airflow_env(self.settings)
@@ -134,19 +168,31 @@ class Demo:
         if not ok:
             console.print("".join(lines[-40:]))
             raise RuntimeError(f"the batch DAG run failed (the end of its log is above, all of it in {log_file})")
+
+    def _report_champion(self) -> None:
         first_view = next(iter(self.settings.pipeline.view_by_name))
         watermark = batch_watermark(Table(table_uri(self.settings.profile, batch_view(first_view))).snapshot())
         version = registry.champion_version(self.settings)
         tags = registry.client(self.settings).get_model_version(registry.model_name(self.settings), str(version)).tags
         metrics = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
-        plot = local_path(self.settings.profile.storage.uri) / "plots" / f"evaluation-v{version}.png"
+        plot = storage.files(self.settings.profile).uri(f"plots/evaluation-v{version}.png")
         console.print(f"  champion v{version}: ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}")
         self.report.update(watermark=watermark, model={"version": version, "metrics": metrics, "plot": str(plot)})
 
-    def queries(self) -> None:
+    def _session(self) -> Any:
+        """The profile's SQL engine: DuckDB in-process, or Trino once the tables and views are registered there."""
+        if self.settings.profile.sql_engine == "trino":
+            from serving_layer.trino import apply_ddl, ddl_statements, open_trino_session
+
+            apply_ddl(self.settings, ddl_statements(self.settings))
+            return open_trino_session(self.settings)
         from serving_layer.engine import open_session
 
-        session = open_session(self.settings)
+        return open_session(self.settings)
+
+    def queries(self) -> None:
+        session = self._session()
+        console.print(f"  through {self.settings.profile.sql_engine}")
         view = _showcase_view(self.settings.pipeline.views)
         order = next((name for name, agg in view.aggregates.items() if agg.fn == "count"), next(iter(view.aggregates)))
         shown = ", ".join(quote(c) for c in [*view.keys, *list(view.aggregates)[:3]])
@@ -168,7 +214,8 @@ class Demo:
     def verify(self) -> bool:
         from serving_layer.verify import verify
 
-        checks = verify(self.settings)
+        trino = self.settings.profile.sql_engine == "trino"
+        checks = verify(self.settings, self._session(), millis=trino)
         for c in checks:
             mark = "[green]ok[/]" if c.ok else "[red]DIFFERENT[/]"
             console.print(f"  {c.view:<24} {c.matching:>8,} keys match, {c.differing} differ, {c.missing} missing, {c.extra} extra  {mark}")
@@ -180,9 +227,10 @@ class Demo:
         profile = self.settings.profile
         started = time.monotonic()
         already = {r.name for r in services.status(profile) if r.running}
-        if "broker" not in already:
+        if "broker" not in already and isinstance(profile.storage, LocalStorage):
             self._set_aside_previous_run()
-        self.stage("1. start the embedded broker", lambda: services.up(profile))
+        planned = ", ".join(services.planned(profile))
+        self.stage(f"1. start the services: {planned}", lambda: self._services_up())
         self.bootstrap = services.bootstrap_servers(profile)
         console.print(f"  broker at {self.bootstrap[0]}; tables under {profile.storage.uri}")
         try:
@@ -207,6 +255,18 @@ class Demo:
                 self.stage("8. stop the services this demo started", lambda: services.down(profile))
         self._summary(time.monotonic() - started)
         return ok
+
+    def _services_up(self) -> None:
+        from lambdaflow.services import jvm
+
+        profile = self.settings.profile
+        if any(n not in ("broker", "moto") for n in services.planned(profile)) or (
+            isinstance(profile.kafka, EmbeddedKafka) and profile.kafka.broker == "apache"
+        ):
+            with console.status("  fetching the JVM artefacts (deploy/jvm/pom.xml)…"):
+                jvm.fetch()
+        for record in services.up(profile, on_start=lambda name: console.print(f"  starting {name}…")).values():
+            console.print(f"  [green]up[/] {record.name:<12} {record.address:<36} ready in {record.ready_seconds:.1f}s")
 
     def _set_aside_previous_run(self) -> None:
         """Move an earlier run's tables aside: a freshly started broker does not hold the log they recorded.

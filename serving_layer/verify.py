@@ -9,10 +9,12 @@ recompute) and extra (only in the unified view).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdaflow.config import Settings
@@ -20,7 +22,7 @@ from lambdaflow.contracts.master import events_table, first_copies
 from lambdaflow.contracts.paths import MASTER_EVENTS, speed_view
 from lambdaflow.schemas import INGEST_SEQ
 from lambdaflow.views import compile_views
-from serving_layer.engine import Session, open_session
+from serving_layer.engine import open_session
 from serving_layer.sql import unified_name, watermark_sql
 
 
@@ -40,18 +42,39 @@ class ViewCheck:
         return self.differing == self.missing == self.extra == 0
 
 
-def _same(a: Any, b: Any) -> bool:
+def to_millis(value: dt.datetime) -> dt.datetime:
+    """A timestamp rounded to the nearest millisecond, half up, as Trino's Delta connector reads it."""
+    value += dt.timedelta(microseconds=500)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+class SqlSession(Protocol):
+    """What verify reads through: the embedded engine's :class:`~serving_layer.engine.Session` or a Trino session."""
+
+    versions: dict[str, int]
+    speed_seq: dict[str, int]
+
+    def query(self, sql: str, dialect: str = "trino") -> pa.Table: ...
+
+
+def _same(a: Any, b: Any, millis: bool = False) -> bool:
+    if millis and isinstance(a, dt.datetime) and isinstance(b, dt.datetime):
+        # Trino's Delta connector reads timestamps as timestamp(3), rounded to the nearest millisecond.
+        return to_millis(a) == to_millis(b)
     if isinstance(a, float) and isinstance(b, float):
         return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
     return a == b
 
 
-def verify(settings: Settings, session: Session | None = None, master_version: int | None = None) -> list[ViewCheck]:
+def verify(
+    settings: Settings, session: SqlSession | None = None, master_version: int | None = None, millis: bool = False
+) -> list[ViewCheck]:
     """Compare every unified view with a from-scratch recompute.
 
     Args:
         session: the engine session to read unified views from (default: a fresh one).
         master_version: recompute from this master version (default: the one the session read).
+        millis: compare timestamps at millisecond precision (a Trino session).
     """
     session = session or open_session(settings)
     spec = settings.pipeline.events
@@ -79,12 +102,12 @@ def verify(settings: Settings, session: Session | None = None, master_version: i
                 check.missing += 1
                 if len(check.examples) < 3:
                     check.examples.append(f"missing {key}")
-            elif all(_same(have[c], want[c]) for c in want):
+            elif all(_same(have[c], want[c], millis) for c in want):
                 check.matching += 1
             else:
                 check.differing += 1
                 if len(check.examples) < 3:
-                    diff = {c: (have[c], want[c]) for c in want if not _same(have[c], want[c])}
+                    diff = {c: (have[c], want[c]) for c in want if not _same(have[c], want[c], millis)}
                     check.examples.append(f"{key}: unified vs recompute {diff}")
         check.extra = sum(1 for key in got_rows if key not in want_rows)
         checks.append(check)

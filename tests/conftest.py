@@ -20,7 +20,7 @@ LAMBDAFLOW = [sys.executable, "-m", "lambdaflow_app"]
 
 
 #: Fixtures that start a real component: a test using any of them is an integration test.
-INTEGRATION_FIXTURES = frozenset({"broker", "spark", "speed_env", "airflow_env"})
+INTEGRATION_FIXTURES = frozenset({"broker", "spark", "speed_env", "airflow_env", "pseudo", "kafka_env"})
 #: Modules whose every test runs a real component through a subprocess (CLI, services, Airflow, notebooks).
 INTEGRATION_MODULES = ("test_services.py", "test_dags.py", "test_notebooks.py", "test_cli.py", "test_producer.py")
 
@@ -91,6 +91,55 @@ def spark(settings):
     session = get_spark(settings.profile.spark, app_name="lambdaflow-tests")
     yield session
     session.stop()
+
+
+@dataclass(frozen=True)
+class PseudoStack:
+    """The real stack of ``conf/profiles/pseudo.yaml`` (Apache Kafka, HDFS, Spark standalone, Trino), on free ports."""
+
+    settings: Settings
+    profile_path: Path
+    home: Path
+    bootstrap: list[str]
+
+    @property
+    def hdfs_root(self) -> str:
+        return self.settings.profile.storage.uri
+
+
+#: What the pseudo profile's ports are read from (conf/profiles/pseudo.yaml).
+PSEUDO_PORTS = ("HDFS", "WEBHDFS", "KAFKA", "SPARK", "TRINO", "API", "AIRFLOW")
+
+
+@pytest.fixture(scope="session")
+def pseudo(tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> Iterator[PseudoStack]:
+    """The session's real stack, started by `lambdaflow services up --profile pseudo`, on free ports under a temp home.
+
+    Never skipped: `make test` fetches the jars first (`make jvm`), and the fixture fetches them too.
+    """
+    from lambdaflow import services
+    from lambdaflow.config import load_settings
+    from lambdaflow.services import jvm
+
+    home = tmp_path_factory.mktemp("pseudo-home")
+    os.environ["LAMBDAFLOW_PSEUDO_HOME"] = str(home)
+    os.environ["LAMBDAFLOW_METRICS_PORT"] = "0"
+    for name in PSEUDO_PORTS:
+        os.environ[f"LAMBDAFLOW_{name}_PORT"] = str(services.free_port())
+    jvm.fetch()
+    profile_path = ROOT / "conf/profiles/pseudo.yaml"
+    run_cli("services", "up", "--profile", "pseudo", timeout=600)
+    settings = load_settings(profile="pseudo", conf_dir=ROOT / "conf")
+    try:
+        yield PseudoStack(settings, profile_path, home, services.bootstrap_servers(settings.profile))
+    finally:
+        run_cli("services", "down", "--profile", "pseudo", check=False, timeout=300)
+
+
+@pytest.fixture
+def kafka_env(tmp_path: Path, pseudo: PseudoStack) -> SpeedEnv:
+    """A pipeline with its own topics and local storage root on the pseudo stack's Apache Kafka (durability tests)."""
+    return make_env(tmp_path, pseudo.bootstrap)
 
 
 # --------------------------------------------------------------------------- per-test pipelines

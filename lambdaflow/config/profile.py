@@ -10,8 +10,8 @@ may reference environment variables as ``${VAR}`` or ``${VAR:-default}``;
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlparse
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
 
@@ -141,7 +141,8 @@ class SparkConfig(StrictModel):
     deploy_mode: Literal["client", "cluster"] = "client"
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
     embedded: bool = Field(
-        default=False, description="`lambdaflow services up` starts a standalone master and one worker at `master` (spark://127.0.0.1:<port>)."
+        default=False,
+        description="`lambdaflow services up` starts a standalone master and one worker at `master` (spark://127.0.0.1:<port>).",
     )
     worker_cores: int = Field(default=2, gt=0, description="Cores of the embedded worker.")
     worker_memory: str = Field(default="4g", pattern=r"^\d+[mgMG]$", description="Memory of the embedded worker, e.g. 4g.")
@@ -223,6 +224,7 @@ class AirflowConfig(StrictModel):
     retry_delay: int = 60
     task_timeout: int = 3600
     pool: str = "default_pool"
+    port: int = Field(default=8280, gt=0, lt=65536, description="Loopback port of the local Airflow (`lambdaflow up`, the pseudo demo).")
 
     _durations = field_validator("retry_delay", "task_timeout", mode="before")(_duration)
 

@@ -77,10 +77,28 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     (the path returned is then ``""``).
     """
     if uri.startswith("hdfs://"):
-        from deltalake.fs import DeltaStorageHandler
-
-        return pafs.PyFileSystem(DeltaStorageHandler(uri.rstrip("/"))), ""
+        return pafs.PyFileSystem(_hdfs_handler(uri.rstrip("/"))), ""
     return pafs.FileSystem.from_uri(uri)
+
+
+def _hdfs_handler(uri: str) -> pafs.FileSystemHandler:
+    from deltalake.fs import DeltaStorageHandler
+
+    class Handler(DeltaStorageHandler):
+        """delta-rs's handler with the ``delete_dir_contents`` pyarrow calls (deltalake 1.6.6 declares it, but its
+        native handler lacks it): files first, then the emptied directories, deepest first."""
+
+        def delete_dir_contents(self, path: str, missing_dir_ok: bool = False, *, accept_root_dir: bool = False) -> None:
+            selector = pafs.FileSelector(path, allow_not_found=missing_dir_ok, recursive=True)
+            infos = self.get_file_info_selector(selector)
+            for info in infos:
+                if info.type == pafs.FileType.File:
+                    self.delete_file(info.path)
+            for info in sorted(infos, key=lambda i: i.path.count("/"), reverse=True):
+                if info.type == pafs.FileType.Directory:
+                    self.delete_dir(info.path)
+
+    return Handler(uri)
 
 
 def join(base: str, relative: str) -> str:
@@ -137,4 +155,6 @@ def local_home(profile: ProfileConfig) -> Path:
     uri = profile.storage.uri
     if uri.startswith("file://"):
         return local_path(uri)
-    raise ConfigError(f"the storage root {uri} is not local: set the profile key `home` to a local directory (e.g. home: .lambdaflow-pseudo)")
+    raise ConfigError(
+        f"the storage root {uri} is not local: set the profile key `home` to a local directory (e.g. home: .lambdaflow-pseudo)"
+    )

@@ -82,9 +82,14 @@ def _write_conf(profile: ProfileConfig, storage: HdfsStorage, datanode_ports: tu
     return conf
 
 
+#: Hadoop 3.4's daemons on Java 17: WebHDFS's Jersey 1 defines classes reflectively (HTTP 500 without this).
+_OPENS = "--add-opens=java.base/java.lang=ALL-UNNAMED"
+
+
 def _java(profile: ProfileConfig, heap: str) -> list[str]:
     conf = hdfs_conf_dir(profile)
-    return [jvm.java(17), f"-Xmx{heap}", f"-Dlog4j.configuration=file:{conf / 'log4j.properties'}", "-cp", f"{conf}:{jvm.classpath('hadoop')}"]
+    logging = f"-Dlog4j.configuration=file:{conf / 'log4j.properties'}"
+    return [jvm.java(17), f"-Xmx{heap}", "-XX:+UseSerialGC", _OPENS, logging, "-cp", f"{conf}:{jvm.classpath('hadoop')}"]
 
 
 def _jmx(http_port: int, bean: str) -> dict[str, object]:
@@ -104,7 +109,7 @@ def start_namenode(profile: ProfileConfig) -> ServiceRecord:
 
     storage = _storage(profile)
     _write_conf(profile, storage, (free_port(), free_port(), free_port()))
-    java = _java(profile, "768m")
+    java = _java(profile, "256m")
     name_dir = state_dir(profile) / "hdfs" / "name"
     if not (name_dir / "current" / "VERSION").is_file():
         done = subprocess.run(
@@ -128,7 +133,7 @@ def start_datanode(profile: ProfileConfig, namenode: ServiceRecord) -> ServiceRe
     storage = _storage(profile)
     http = urlparse(storage.webhdfs_url).port
     assert http is not None
-    cmd = [*_java(profile, "512m"), "org.apache.hadoop.hdfs.server.datanode.DataNode"]
+    cmd = [*_java(profile, "256m"), "org.apache.hadoop.hdfs.server.datanode.DataNode"]
     log = state_dir(profile) / "datanode.log"
     proc = spawn(cmd, log)
 

@@ -79,7 +79,9 @@ def start_kafka(profile: ProfileConfig, kafka: EmbeddedKafka, port: int | None =
     java += ["-cp", jvm.classpath("kafka")]
     if not (data / "meta.properties").is_file():
         cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        done = subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config)], capture_output=True, text=True)
+        done = subprocess.run(
+            [*java, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             raise ServiceError(f"formatting the Kafka log at {data} failed: {(done.stdout + done.stderr)[-800:]}")
     cmd = [*java, "kafka.Kafka", str(config)]

@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Optional
 import typer
 from rich.table import Table as RichTable
 
-from lambdaflow_app.cli._common import console, print_arrow, state
+from lambdaflow_app.cli._common import console, err, print_arrow, state
 
 Format = Literal["table", "csv", "json"]
 
@@ -36,13 +36,24 @@ def query(
     print_arrow(result, fmt)
 
 
-def verify() -> None:
+def verify(
+    engine: Annotated[Optional[str], typer.Option(help="Read the unified views through duckdb or trino (default: the profile's).")] = None,
+) -> None:
     """Recompute every view from scratch over master/events and compare with its unified view; exit 1 on any difference."""
     from serving_layer.verify import verify as run_verify
 
-    with console.status("recomputing every view from scratch…"):
-        checks = run_verify(state.settings())
-    table = RichTable(title="unified views vs. a from-scratch recompute")
+    s = state.settings()
+    chosen = engine or s.profile.sql_engine
+    if chosen not in ("duckdb", "trino"):
+        raise typer.BadParameter(f"unknown engine {chosen!r}; use duckdb or trino", param_hint="--engine")
+    with console.status(f"recomputing every view from scratch, reading the unified views through {chosen}…"):
+        if chosen == "trino":
+            from serving_layer.trino import open_trino_session
+
+            checks = run_verify(s, open_trino_session(s), millis=True)
+        else:
+            checks = run_verify(s)
+    table = RichTable(title=f"unified views ({chosen}) vs. a from-scratch recompute")
     for col in ("view", "matching", "differing", "missing", "extra", "result"):
         table.add_column(col, justify="left" if col in ("view", "result") else "right")
     for c in checks:
@@ -76,10 +87,15 @@ def trino_ddl(
     apply: Annotated[bool, typer.Option(help="Run the statements on the profile's Trino instead of printing them.")] = False,
 ) -> None:
     """Print (or apply) the Trino statements: register the Delta tables, create the serving views."""
-    from serving_layer.trino import apply_ddl, ddl_statements
+    from serving_layer.trino import apply_ddl, ddl_statements, missing_tables
 
     s = state.settings()
     statements = ddl_statements(s)
+    missing = missing_tables(s)
+    if missing:
+        err.print(
+            f"[yellow]views not created[/]: {len(missing)} tables they read do not exist yet ({', '.join(missing[:4])}…); run again after the first batch run"
+        )
     if apply:
         apply_ddl(s, statements)
         console.print(f"[green]applied[/] {len(statements)} statements on {s.profile.trino.host}:{s.profile.trino.port}")

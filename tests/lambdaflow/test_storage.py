@@ -1,4 +1,4 @@
-"""Small files under the storage root, locally and over WebHDFS (against a stand-in WebHDFS server)."""
+"""Small files under the storage root, locally and over WebHDFS against the real NameNode of the pseudo stack."""
 
 from __future__ import annotations
 
@@ -9,23 +9,20 @@ import pytest
 from lambdaflow.config import HdfsStorage, LocalStorage, load_profile
 from lambdaflow.contracts.paths import table_uri
 from lambdaflow.storage import LocalFiles, StorageError, WebHdfsFiles, files
-from tests.conftest import ROOT
-from tests.lambdaflow.webhdfs_stub import serve
+from tests.conftest import ROOT, PseudoStack
 
 
-@pytest.fixture
-def webhdfs(tmp_path: Path):
-    server, url = serve(tmp_path / "namenode")
-    yield url, tmp_path / "namenode"
-    server.shutdown()
+def _hdfs_files(pseudo: PseudoStack, folder: str) -> WebHdfsFiles:
+    storage = pseudo.settings.profile.storage
+    assert isinstance(storage, HdfsStorage)
+    return WebHdfsFiles(storage.model_copy(update={"root": f"{storage.root}/{folder}"}))
 
 
 @pytest.fixture(params=["local", "webhdfs"])
-def backend(request, tmp_path: Path, webhdfs):
+def backend(request, tmp_path: Path):
     if request.param == "local":
         return LocalFiles(LocalStorage(kind="local", root=str(tmp_path / "local")))
-    url, _ = webhdfs
-    return WebHdfsFiles(HdfsStorage(kind="hdfs", root="hdfs://namenode:8020/lambdaflow", webhdfs_url=url, user="lambdaflow"))
+    return _hdfs_files(request.getfixturevalue("pseudo"), f"files-{tmp_path.name}")
 
 
 def test_write_read_list_delete(backend) -> None:
@@ -46,12 +43,17 @@ def test_paths_cannot_escape_the_root(backend) -> None:
         backend.write_bytes("../outside", b"x")
 
 
-def test_webhdfs_writes_land_under_the_hdfs_root(webhdfs) -> None:
-    url, namenode = webhdfs
-    store = WebHdfsFiles(HdfsStorage(kind="hdfs", root="hdfs://namenode:8020/lambdaflow", webhdfs_url=url))
+def test_webhdfs_writes_are_read_back_over_hdfs_rpc(pseudo: PseudoStack) -> None:
+    """A file written over WebHDFS (HTTP) is the file delta-rs's HDFS client (RPC) reads at its hdfs:// URI."""
+    from lambdaflow.contracts.paths import filesystem
+
+    store = _hdfs_files(pseudo, "files-rpc")
     store.write_bytes("models/v1/booster.ubj", b"abc")
-    assert (namenode / "lambdaflow/models/v1/booster.ubj").read_bytes() == b"abc"
-    assert store.uri("models/v1/booster.ubj") == "hdfs://namenode:8020/lambdaflow/models/v1/booster.ubj"
+    uri = store.uri("models/v1/booster.ubj")
+    assert uri == f"{pseudo.hdfs_root}/files-rpc/models/v1/booster.ubj"
+    fs, base = filesystem(uri.rsplit("/", 1)[0])
+    with fs.open_input_file("booster.ubj") as handle:
+        assert handle.read() == b"abc"
 
 
 def test_hdfs_paths_everywhere_a_file_path_goes(monkeypatch: pytest.MonkeyPatch) -> None:
