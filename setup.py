@@ -42,6 +42,7 @@ DEV_REQUIRES = [
     "pytest>=8",
     "hypothesis>=6.100",
     "httpx",  # FastAPI TestClient
+    "psutil",  # which sockets the real stack listens on (tests/real_stack)
     "nbclient",  # runs the notebooks in tests
     "nbformat",
     "ipykernel",

@@ -44,7 +44,7 @@ def consumer_lag(settings: Settings) -> int | None:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
         if not tps:
             return None
-        ends = consumer.end_offsets(tps)  # may under-report on the embedded broker: lag is then a lower bound
+        ends = consumer.end_offsets(tps)  # may under-report on Tansu (docs/architecture.md §8): lag is then a lower bound
         lag = 0
         for tp in tps:
             committed = consumer.committed(tp) or 0

@@ -20,7 +20,7 @@ LAMBDAFLOW = [sys.executable, "-m", "lambdaflow_app"]
 
 
 #: Fixtures that start a real component: a test using any of them is an integration test.
-INTEGRATION_FIXTURES = frozenset({"broker", "spark", "speed_env", "airflow_env", "pseudo", "kafka_env"})
+INTEGRATION_FIXTURES = frozenset({"broker", "spark", "speed_env", "airflow_env", "pseudo", "kafka", "kafka_env", "tansu_env"})
 #: Modules whose every test runs a real component through a subprocess (CLI, services, Airflow, notebooks).
 INTEGRATION_MODULES = ("test_services.py", "test_dags.py", "test_notebooks.py", "test_cli.py", "test_producer.py")
 
@@ -136,10 +136,22 @@ def pseudo(tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> Iter
         run_cli("services", "down", "--profile", "pseudo", check=False, timeout=300)
 
 
+@pytest.fixture(scope="session")
+def kafka(pseudo: PseudoStack) -> list[str]:
+    """The bootstrap list of the session's Apache Kafka (the pseudo stack's broker)."""
+    return pseudo.bootstrap
+
+
 @pytest.fixture
-def kafka_env(tmp_path: Path, pseudo: PseudoStack) -> SpeedEnv:
-    """A pipeline with its own topics and local storage root on the pseudo stack's Apache Kafka (durability tests)."""
-    return make_env(tmp_path, pseudo.bootstrap)
+def kafka_env(tmp_path: Path, kafka: list[str]) -> SpeedEnv:
+    """A pipeline with its own topics and local storage root on Apache Kafka (durability tests)."""
+    return make_env(tmp_path, kafka)
+
+
+@pytest.fixture
+def tansu_env(tmp_path: Path, broker: list[str]) -> SpeedEnv:
+    """A pipeline on the embedded default's broker (Tansu), for what must also hold there."""
+    return make_env(tmp_path, broker)
 
 
 # --------------------------------------------------------------------------- per-test pipelines
@@ -179,5 +191,6 @@ def make_env(tmp_path: Path, bootstrap: list[str], **speed: object) -> SpeedEnv:
 
 
 @pytest.fixture
-def speed_env(tmp_path: Path, broker: list[str]) -> SpeedEnv:
-    return make_env(tmp_path, broker)
+def speed_env(tmp_path: Path, kafka: list[str]) -> SpeedEnv:
+    """A pipeline on Apache Kafka (the pseudo stack's): the speed layer's exactness is tested on the real broker."""
+    return make_env(tmp_path, kafka)

@@ -50,7 +50,7 @@ COMMIT_POINTS = ["master/events", "quarantine", "master/labels", "speed/account_
 
 
 class LambdaMachine(RuleBasedStateMachine):
-    """One pipeline on the session's broker and Spark, driven by hypothesis."""
+    """One pipeline on the session's Apache Kafka and Spark, driven by hypothesis."""
 
     tmp: ClassVar[Path]
     bootstrap: ClassVar[list[str]]
@@ -212,8 +212,8 @@ def _close(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
     return len(a) == len(b) and all(r.keys() == s.keys() and all(same(r[k], s[k]) for k in r) for r, s in zip(a, b, strict=True))
 
 
-def test_lambda_invariants_hold_under_any_interleaving(tmp_path: Path, broker: list[str], spark: Any) -> None:
-    LambdaMachine.tmp, LambdaMachine.bootstrap, LambdaMachine.spark = tmp_path, broker, spark
+def test_lambda_invariants_hold_under_any_interleaving(tmp_path: Path, kafka: list[str], spark: Any) -> None:
+    LambdaMachine.tmp, LambdaMachine.bootstrap, LambdaMachine.spark = tmp_path, kafka, spark
     run_state_machine_as_test(
         LambdaMachine,
         settings=settings(max_examples=3, stateful_step_count=12, deadline=None, suppress_health_check=list(HealthCheck)),

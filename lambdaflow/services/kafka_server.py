@@ -51,6 +51,10 @@ def _properties(data: Path, port: int, controller_port: int) -> str:
         "log.dirs": str(data),
         # One node: every internal topic has one replica.
         "offsets.topic.replication.factor": "1",
+        # 50 partitions by default: creating them on the first group join keeps a fresh node's consumers
+        # waiting for a coordinator (NotCoordinatorError) for tens of seconds on two cores.
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.num.partitions": "4",
         "transaction.state.log.replication.factor": "1",
         "transaction.state.log.min.isr": "1",
         "share.coordinator.state.topic.replication.factor": "1",

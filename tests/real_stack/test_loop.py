@@ -32,7 +32,7 @@ from serving_layer.trino import apply_ddl, ddl_statements, run_query
 from serving_layer.verify import to_millis
 from tests.conftest import ROOT, PseudoStack, run_cli
 
-HISTORY, LIVE = 12_000, 1_500
+HISTORY, LIVE = 15_000, 1_500
 
 
 def _normal(value: Any) -> Any:
@@ -75,8 +75,9 @@ class Loop:
 def loop(pseudo: PseudoStack) -> Loop:
     settings = pseudo.settings
     result = Loop(pseudo)
-    demo = Demo(settings, events=HISTORY, days=10.0, live_events=LIVE)
-    history = sample_data.generate(HISTORY, 10.0, seed=7)
+    demo = Demo(settings, events=HISTORY, days=30.0, live_events=LIVE)
+    demo.bootstrap = pseudo.bootstrap
+    history = sample_data.generate(HISTORY, 30.0, seed=7)
     demo.produce(history)
     demo.speed(history.events.num_rows + history.labels.num_rows)
     demo.batch_cycle()  # the scheduler's run: views, training set, champion, publish, expiry, maintenance
@@ -106,7 +107,7 @@ def test_the_loop_ends_with_verify_through_trino_at_zero_differences(loop: Loop)
     done = run_cli(*profile, "verify", "--engine", "trino", timeout=600)
     assert "unified views (trino)" in done.stdout and "DIFFERENT" not in done.stdout
     master = Table(f"{settings.profile.storage.uri}/{MASTER_EVENTS}").snapshot().to_arrow()
-    assert master.num_rows == HISTORY + LIVE and master.column("event_id").unique().length() == master.num_rows
+    assert master.num_rows == HISTORY + LIVE and len(master.column("event_id").unique()) == master.num_rows
     counted = run_cli(*profile, "query", "--engine", "trino", "--format", "json", "SELECT COUNT(*) AS n FROM master_events")
     assert json.loads(counted.stdout) == [{"n": HISTORY + LIVE}]
     assert settings.profile.storage.uri.startswith("hdfs://127.0.0.1:")

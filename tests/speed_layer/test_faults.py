@@ -141,7 +141,7 @@ def test_records_deleted_before_they_were_read_stop_the_layer(broker: str, reque
     """
     from kafka import TopicPartition
 
-    speed_env: SpeedEnv = request.getfixturevalue("speed_env" if broker == "tansu" else "kafka_env")
+    speed_env: SpeedEnv = request.getfixturevalue("tansu_env" if broker == "tansu" else "kafka_env")
     topic = speed_env.settings.pipeline.source.topic
     send(speed_env, generate(200, days=1, seed=61).events)
     drain(speed_env)

@@ -1,0 +1,53 @@
+"""The pseudo stack's services as an operator meets them: loopback only, health-checked, clear when they fail."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+
+from lambdaflow import services
+from lambdaflow.config import EmbeddedKafka, LocalStorage, ProfileConfig
+from lambdaflow.errors import ServiceError
+from tests.conftest import PseudoStack, run_cli
+
+
+def test_every_service_listens_on_loopback_only(pseudo: PseudoStack) -> None:
+    """Nothing the stack starts listens beyond loopback: none of them authenticates (Trino, Spark, HDFS, Kafka)."""
+    state = services.read_state(pseudo.settings.profile)
+    assert set(services.planned(pseudo.settings.profile)) <= set(state)
+    listening: dict[str, list[str]] = {}
+    for name, record in state.items():
+        proc = psutil.Process(record.pid)
+        for member in [proc, *proc.children(recursive=True)]:
+            for conn in member.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    listening.setdefault(name, []).append(conn.laddr.ip)
+    assert {"namenode", "datanode", "broker", "spark-master", "spark-worker", "trino"} <= set(listening)
+    public = {name: ips for name, ips in listening.items() if any(ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip in ips)}
+    assert not public, public
+
+
+def test_status_reports_every_service_with_its_start_up_time(pseudo: PseudoStack) -> None:
+    out = run_cli("services", "status", "--profile", "pseudo", "--no-count").stdout
+    for name in ("namenode", "datanode", "broker", "spark-master", "spark-worker", "trino"):
+        assert name in out
+    assert all(r.ready_seconds > 0 for r in services.status(pseudo.settings.profile) if r.name in services.planned(pseudo.settings.profile))
+
+
+def test_a_service_that_cannot_start_is_named_with_its_log(tmp_path: Path) -> None:
+    """Apache Kafka on a port another process holds: the error names the service and its log; nothing is left running."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        profile = ProfileConfig(
+            storage=LocalStorage(kind="local", root=str(tmp_path)), kafka=EmbeddedKafka(kind="embedded", broker="apache", port=port)
+        )
+        with pytest.raises(ServiceError) as failure:
+            services.up(profile)
+    message = str(failure.value)
+    assert "broker (apache kafka)" in message and str(tmp_path / "services" / "broker.log") in message
+    assert services.down(profile) == []  # the failed start recorded nothing that still runs
