@@ -1,7 +1,7 @@
 """Airflow on one machine: a SQLite metadata DB under the storage root, the project's DAG folder.
 
 Used by the demo (``airflow dags test`` on the embedded profile; on the pseudo profile a run
-started by the scheduler through the REST API) and by ``lambdaflow up`` (``airflow standalone``).
+started by the scheduler through the REST API) and by ``lambdaflow up`` (API server, scheduler, DAG processor).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from lambdaflow import services
 from lambdaflow.config import Settings
 from lambdaflow.contracts.paths import local_home
+from lambdaflow.errors import ServiceError
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
@@ -34,7 +35,7 @@ def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",  # keeps `airflow standalone` near 2 GB on this machine (docs/architecture.md §8)
+        "AIRFLOW__CORE__PARALLELISM": "4",  # keeps a local Airflow near 2 GB on this machine (docs/architecture.md §8)
         "LAMBDAFLOW_PROFILE": str(settings.profile_path.resolve()),
         "LAMBDAFLOW_PIPELINE": str(settings.pipeline_path.resolve()),
         "LAMBDAFLOW_CONF": str(settings.profile_path.resolve().parent.parent),
@@ -75,22 +76,35 @@ def _lines(proc: subprocess.Popen[str]) -> Iterator[str]:
     yield from proc.stdout
 
 
+#: The Airflow processes of a local deployment, as recorded services (``lambdaflow services down`` stops them).
+AIRFLOW_SERVICES = ("airflow-api", "airflow-scheduler", "airflow-dag-processor")
+
+
 def start_scheduler(settings: Settings, port: int | None = None) -> tuple[dict[str, str], str]:
-    """``airflow standalone`` (API server, scheduler, DAG processor, triggerer) on loopback, recorded for ``services down``.
+    """Airflow's API server (UI and REST API), scheduler and DAG processor, each a recorded process on loopback.
+
+    Not ``airflow standalone``: its scheduler and triggerer start Airflow's log server, which binds every
+    interface (hard-coded in Airflow 3.3); with a LocalExecutor on one machine the API server reads task logs
+    from disk, so the scheduler runs with ``--skip-serve-logs`` and no triggerer is needed (no deferrable task).
 
     Returns:
         The Airflow environment and the API's base URL.
     """
     port = port or settings.profile.airflow.port
     env = airflow_env(settings, port)
+    env["AIRFLOW__CORE__EXECUTOR"] = "LocalExecutor"
+    env["AIRFLOW__CORE__AUTH_MANAGER"] = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
     migrate(env)
     url = f"http://127.0.0.1:{port}"
-    services.start_process(settings.profile, "airflow", [airflow_bin(), "standalone"], env=env, address=url, port=port, wait=240)
+    profile, airflow = settings.profile, airflow_bin()
+    services.start_process(profile, "airflow-api", [airflow, "api-server", "--host", "127.0.0.1", "--port", str(port)], env, url, port, 240)
+    services.start_process(profile, "airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], env=env)
+    services.start_process(profile, "airflow-dag-processor", [airflow, "dag-processor"], env=env)
     return env, url
 
 
 class AirflowApi:
-    """The scheduler's REST API (v2), logged in with the password ``airflow standalone`` generated."""
+    """Airflow's REST API (v2), logged in with the password its simple auth manager generated."""
 
     def __init__(self, url: str, home: Path, timeout: float = 120) -> None:
         self.url = url
@@ -98,6 +112,8 @@ class AirflowApi:
         passwords = home / "simple_auth_manager_passwords.json.generated"
         while not passwords.is_file() and time.monotonic() < deadline:
             time.sleep(1)
+        if not passwords.is_file():
+            raise ServiceError(f"Airflow wrote no generated password within {timeout:.0f}s ({passwords}); see its log")
         user, password = next(iter(json.loads(passwords.read_text()).items()))
         self.token = str(self._call("POST", "/auth/token", {"username": user, "password": password}, auth=False)["access_token"])
 

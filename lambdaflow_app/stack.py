@@ -1,6 +1,6 @@
 """`lambdaflow up` / `down`: the long-running local stack.
 
-Broker, speed layer, Airflow (``airflow standalone`` on a loopback port), the
+Broker, speed layer, Airflow (API server, scheduler and DAG processor on a loopback port), the
 REST API and — for a pipeline the sample generator fits — a steady sample
 producer, each a recorded process under
 ``<storage root>/services`` so that ``down`` stops exactly those.
@@ -45,15 +45,10 @@ def up(settings: Settings, airflow_port: int = 8280, rate: float = 50.0) -> Stac
     """Start every component not already running; returns the addresses to use."""
     profile = settings.profile
     services.up(profile)
-    env = airflow_local.airflow_env(settings, airflow_port)
-    airflow_local.migrate(env)
+    env, airflow_url = airflow_local.start_scheduler(settings, airflow_port)
     services.start_process(profile, "speed", _module(settings, "speed_layer"), env=env)
     api = f"http://{profile.serving.host}:{profile.serving.port}"
     services.start_process(profile, "api", _cli(settings, "serve"), env=env, address=api, port=profile.serving.port)
-    airflow_url = f"http://127.0.0.1:{airflow_port}"
-    services.start_process(
-        profile, "airflow", [airflow_local.airflow_bin(), "standalone"], env=env, address=airflow_url, port=airflow_port, wait=180
-    )
     missing = sample_data.missing_fields(settings.pipeline)
     if missing:  # the sample makes card transactions: it would only fill another pipeline's quarantine
         producer = f"none: the sample generator lacks {missing}; produce your own events with `lambdaflow produce --file`"

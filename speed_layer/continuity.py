@@ -98,7 +98,12 @@ def find_gaps(config: dict[str, Any], recorded: Offsets, fingerprints: Offsets, 
     from kafka import KafkaConsumer, TopicPartition
 
     gaps: list[Gap] = []
-    consumer = KafkaConsumer(**config, group_id=None, enable_auto_commit=False, auto_offset_reset="none", isolation_level="read_committed")
+    # The check also runs after a rebalance, which a broker restart causes: wait for the broker to come back
+    # (a restarted Apache Kafka recovers its log first) instead of failing the layer on the first refusal.
+    settings = {"bootstrap_timeout_ms": 120_000, **config}
+    consumer = KafkaConsumer(
+        **settings, group_id=None, enable_auto_commit=False, auto_offset_reset="none", isolation_level="read_committed"
+    )
     try:
         for topic, partitions in recorded.items():
             for text, next_offset in partitions.items():

@@ -17,9 +17,9 @@ from tests.speed_layer.test_speed_layer import drain, send
 
 
 @pytest.fixture(scope="module")
-def demo_data(broker, spark, tmp_path_factory):
+def demo_data(kafka, spark, tmp_path_factory):
     """A small version of what `make demo` leaves behind: views, labels, a champion, scored predictions."""
-    env = make_env(tmp_path_factory.mktemp("notebooks"), broker)
+    env = make_env(tmp_path_factory.mktemp("notebooks"), kafka)
     history = generate(20_000, days=30, seed=51)
     send(env, history.events, history.labels)
     drain(env, idle=3)

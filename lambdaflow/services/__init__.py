@@ -9,6 +9,7 @@
 - :mod:`~lambdaflow.services.kafka_clients`: client settings and topic helpers for any Kafka.
 """
 
+from lambdaflow.errors import ServiceError
 from lambdaflow.services.kafka_clients import (
     CONSUMER_TIMEOUTS,
     Endpoint,
@@ -27,6 +28,7 @@ from lambdaflow.services.process import ServiceRecord, free_port, is_running, re
 __all__ = [
     "CONSUMER_TIMEOUTS",
     "Endpoint",
+    "ServiceError",
     "ServiceRecord",
     "ServiceStatus",
     "bootstrap_servers",

@@ -166,7 +166,7 @@ def answers_metadata(address: str) -> bool:
     from kafka.errors import KafkaError
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=address, request_timeout_ms=3000)
+        admin = KafkaAdminClient(bootstrap_servers=address, request_timeout_ms=3000)  # embedded broker: plaintext
     except (KafkaError, OSError):
         return False
     try:

@@ -125,7 +125,7 @@ def down(profile: ProfileConfig) -> list[str]:
     """
     state = read_state(profile)
     order = [n for n in state if n not in ORDER] + [n for n in reversed(ORDER) if n in state]
-    patient = {"airflow": 30, "broker": 30, "trino": 30, "namenode": 20, "datanode": 20}
+    patient = {"airflow-scheduler": 30, "airflow-api": 30, "broker": 30, "trino": 30, "namenode": 20, "datanode": 20}
     stopped = [name for name in order if stop(state[name], timeout=patient.get(name, 10))]
     (state_dir(profile) / "state.json").unlink(missing_ok=True)
     return stopped

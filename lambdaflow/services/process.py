@@ -135,7 +135,7 @@ def wait_until(
     """Poll ``ready`` until it is true; returns the seconds waited.
 
     Raises:
-        ServiceError: naming the service and its log, when the process exits or the time runs out.
+        ServiceError: naming the service and its log, when the process exits or the time runs out (then it is killed).
     """
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -147,6 +147,8 @@ def wait_until(
         except Exception:  # noqa: BLE001 - a health probe of a starting service fails in many ways
             pass
         time.sleep(0.2)
+    _signal(proc.pid, signal.SIGKILL)  # not recorded yet: nothing else would ever stop it
+    proc.wait()
     raise ServiceError(f"{name} did not come up within {timeout:.0f}s ({what}); see {log}:\n{tail(log)}")
 
 

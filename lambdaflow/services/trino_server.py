@@ -53,6 +53,10 @@ def catalog_properties(profile: ProfileConfig) -> dict[str, str]:
     # local:// (Trino's own local file system), not file://: with file:// the file metastore cannot list its
     # schemas and tables back (SHOW TABLES fails) although registering and reading work.
     props["hive.metastore.catalog.dir"] = "local://" + str(metastore)
+    # One machine, tables committed every few seconds: no metadata caching, so a query never lists files an
+    # earlier commit or a vacuum has removed (the production catalog keeps its short TTLs).
+    props["delta.metadata.cache-ttl"] = "0s"
+    props["delta.metadata.live-files.cache-ttl"] = "0s"
     props["fs.native-local.enabled"] = "true"  # the local profile's file:// tables
     props["local.location"] = "/"
     if isinstance(profile.storage, HdfsStorage) and profile.storage.embedded:
@@ -98,7 +102,7 @@ def _write_etc(profile: ProfileConfig) -> Path:
 
 
 def _plugins(home: Path) -> Path:
-    """A plugin directory with the Delta Lake connector only: loading the tarball's 55 plugins costs start-up time."""
+    """A plugin directory with the Delta Lake connector only: the tarball has 55 plugins, each loaded (and memory held) at start."""
     plugins = home / "plugins"
     plugins.mkdir(parents=True, exist_ok=True)
     link = plugins / "delta-lake"

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from lambdaflow import services
-from lambdaflow.config import EmbeddedKafka, LocalStorage, ProfileConfig
+from lambdaflow.config import ExternalKafka, HdfsStorage, ProfileConfig
 from lambdaflow.errors import ServiceError
 from tests.conftest import PseudoStack, run_cli
 
@@ -38,16 +38,20 @@ def test_status_reports_every_service_with_its_start_up_time(pseudo: PseudoStack
 
 
 def test_a_service_that_cannot_start_is_named_with_its_log(tmp_path: Path) -> None:
-    """Apache Kafka on a port another process holds: the error names the service and its log; nothing is left running."""
+    """A NameNode whose RPC port another process holds: one error naming the service and its log; nothing left running."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        profile = ProfileConfig(
-            storage=LocalStorage(kind="local", root=str(tmp_path)), kafka=EmbeddedKafka(kind="embedded", broker="apache", port=port)
+        storage = HdfsStorage(
+            kind="hdfs", embedded=True, root=f"hdfs://127.0.0.1:{port}/x", webhdfs_url=f"http://127.0.0.1:{services.free_port()}"
         )
+        profile = ProfileConfig(
+            home=str(tmp_path), storage=storage, kafka=ExternalKafka(kind="external", bootstrap_servers=["127.0.0.1:1"])
+        )
+        assert services.planned(profile) == ["namenode", "datanode"]
         with pytest.raises(ServiceError) as failure:
             services.up(profile)
     message = str(failure.value)
-    assert "broker (apache kafka)" in message and str(tmp_path / "services" / "broker.log") in message
+    assert message.startswith("namenode ") and str(tmp_path / "services" / "namenode.log") in message
     assert services.down(profile) == []  # the failed start recorded nothing that still runs

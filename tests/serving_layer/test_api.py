@@ -52,9 +52,9 @@ def promote_a_model(env: SpeedEnv, tmp_path) -> int:
 
 
 @pytest.fixture(scope="module")
-def served(broker, spark, tmp_path_factory):
+def served(kafka, spark, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("api")
-    speed_env = make_env(tmp_path, broker)
+    speed_env = make_env(tmp_path, kafka)
     sample = generate(3000, days=3, seed=41).events
     send(speed_env, sample.slice(0, 2000))
     drain(speed_env, idle=3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 
@@ -162,18 +161,3 @@ def test_sql_can_neither_read_nor_write_files(settings, test_profile, tmp_path) 
         session.query("SELECT * FROM read_csv('/etc/passwd')")  # still off
     bad = run_cli("query", "SELECT * FROM read_csv('/etc/passwd')", "--engine", "duckdb", profile=test_profile, check=False)
     assert bad.returncode == 1 and "file access is off" in bad.stderr and "root:" not in bad.stdout
-
-
-@pytest.mark.skipif(
-    not os.environ.get("LAMBDAFLOW_TRINO_URL"), reason="no Trino server here: set LAMBDAFLOW_TRINO_URL=http://host:port to run against one"
-)
-def test_trino_client_applies_ddl_and_queries(settings) -> None:
-    from urllib.parse import urlparse
-
-    from serving_layer.trino import apply_ddl, run_query
-
-    url = urlparse(os.environ["LAMBDAFLOW_TRINO_URL"])
-    trino = settings.profile.trino.model_copy(update={"host": url.hostname, "port": url.port or 8080, "http_scheme": url.scheme or "http"})
-    live = settings.model_copy(update={"profile": settings.profile.model_copy(update={"trino": trino})})
-    apply_ddl(live, ddl_statements(live))
-    assert run_query(live, 'SELECT COUNT(*) AS n FROM "unified_account_profile"').num_rows == 1

@@ -133,15 +133,15 @@ def test_a_batch_replayed_after_a_crash_is_scored_like_any_other(speed_env: Spee
     assert pc.all(replayed["scored"]).as_py() and set(replayed["model_version"].to_pylist()) == {version}
 
 
-@pytest.mark.parametrize("broker", ["tansu", "apache"])
-def test_records_deleted_before_they_were_read_stop_the_layer(broker: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("kind", ["tansu", "apache"])
+def test_records_deleted_before_they_were_read_stop_the_layer(kind: str, request: pytest.FixtureRequest) -> None:
     """A retention gap: the log now starts after the recorded position. Regression: the consumer reset silently.
 
     Tansu has no DeleteRecords, so there the test can only skip; Apache Kafka (the pseudo stack's) must run it.
     """
     from kafka import TopicPartition
 
-    speed_env: SpeedEnv = request.getfixturevalue("tansu_env" if broker == "tansu" else "kafka_env")
+    speed_env: SpeedEnv = request.getfixturevalue("tansu_env" if kind == "tansu" else "kafka_env")
     topic = speed_env.settings.pipeline.source.topic
     send(speed_env, generate(200, days=1, seed=61).events)
     drain(speed_env)
@@ -152,7 +152,7 @@ def test_records_deleted_before_they_were_read_stop_the_layer(broker: str, reque
         try:
             admin.delete_records({TopicPartition(topic, p): n for p, n in partitions.items()})  # retention ran
         except Exception as exc:
-            if broker == "apache":
+            if kind == "apache":
                 raise
             pytest.skip(f"Tansu does not support DeleteRecords ({exc.__class__.__name__})")
     finally:
