@@ -152,41 +152,22 @@ from lambdaflow.contracts.paths import existing_tables
 from lambdaflow.spark import get_spark
 settings = load_settings(profile="pseudo")
 spark = get_spark(settings.profile.spark, app_name="delta-reader-check", master="local[2]")
-out, names = sys.argv[1], set(sys.argv[2:])
+out = sys.argv[1]
 for name, uri in existing_tables(settings.profile):
-    if name in names:
-        pq.write_table(spark.read.format("delta").load(uri).toArrow(), f"{out}/{name.replace('/', '__')}.parquet")
-print(json.dumps(sorted(names)))
+    pq.write_table(spark.read.format("delta").load(uri).toArrow(), f"{out}/{name.replace('/', '__')}.parquet")
+print(json.dumps([n for n, _ in existing_tables(settings.profile)]))
 """
 
 
-def one_table_of_each_kind(names: list[str]) -> list[str]:
-    """Every writer path and contract once: master, labels, quarantine, predictions, runs, training set, a batch and a speed view.
-
-    Tables of one kind share their writer and schema contract; reading each of them again with Spark would add
-    minutes of Delta log replay to CI and no new case.
-    """
-    kinds: dict[str, str] = {}
-    for name in sorted(names):
-        kind = name if not name.startswith(("batch/", "speed/")) or name.split("/")[1].startswith("_") else name.split("/")[0]
-        kinds.setdefault(kind, name)
-    return sorted(kinds.values())
-
-
 def test_spark_native_delta_reader_returns_what_delta_rs_wrote(loop: Loop, tmp_path: Path) -> None:
-    """Spark's own Delta reader (delta-spark jars from Maven Central) and delta-rs agree on a table of every kind on HDFS."""
+    """Spark's own Delta reader (delta-spark jars from Maven Central) and delta-rs agree on every table on HDFS."""
     import pyarrow.parquet as pq
 
-    tables = dict(existing_tables(loop.stack.settings.profile))
-    chosen = one_table_of_each_kind(list(tables))
-    assert {MASTER_EVENTS, "master/labels", "quarantine", "predictions", "batch/_runs", "batch/_training_set"} <= set(chosen)
-    assert any(n.startswith("batch/") and not n.startswith("batch/_") for n in chosen) and any(n.startswith("speed/") for n in chosen)
-    cmd = [sys.executable, "-c", SPARK_READ, str(tmp_path), *chosen]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", SPARK_READ, str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == chosen
-    for name in chosen:
-        uri = tables[name]
+    names = json.loads(done.stdout.strip().splitlines()[-1])
+    assert MASTER_EVENTS in names and len(names) >= 8
+    for name, uri in existing_tables(loop.stack.settings.profile):
         ours = Table(uri).snapshot().to_arrow()
         theirs = pq.read_table(tmp_path / f"{name.replace('/', '__')}.parquet")
         assert sorted(theirs.column_names) == sorted(ours.column_names), name
