@@ -76,10 +76,6 @@ def _lines(proc: subprocess.Popen[str]) -> Iterator[str]:
     yield from proc.stdout
 
 
-#: The Airflow processes of a local deployment, as recorded services (``lambdaflow services down`` stops them).
-AIRFLOW_SERVICES = ("airflow-api", "airflow-scheduler", "airflow-dag-processor")
-
-
 def start_scheduler(settings: Settings, port: int | None = None) -> tuple[dict[str, str], str]:
     """Airflow's API server (UI and REST API), scheduler and DAG processor, each a recorded process on loopback.
 

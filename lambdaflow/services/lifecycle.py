@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from lambdaflow.config import EmbeddedKafka, HdfsStorage, ProfileConfig
 from lambdaflow.errors import ServiceError
-from lambdaflow.services import hdfs, kafka_server, spark_cluster, tansu, trino_server
+from lambdaflow.services import hdfs, jvm, kafka_server, spark_cluster, tansu, trino_server
 from lambdaflow.services.process import ServiceRecord, is_running, read_state, state_dir, stop, write_state
 
 __all__ = ["ServiceStatus", "down", "kill_broker", "planned", "restart_broker", "status", "up"]
@@ -38,6 +38,13 @@ def planned(profile: ProfileConfig) -> list[str]:
     if profile.trino.embedded:
         names.append("trino")
     return names
+
+
+def _runs_on_the_jvm(name: str, profile: ProfileConfig) -> bool:
+    """Services started from the jars of deploy/jvm/pom.xml (everything but Tansu and moto)."""
+    if name == "broker":
+        return isinstance(profile.kafka, EmbeddedKafka) and profile.kafka.broker == "apache"
+    return name != "moto"
 
 
 def _start(profile: ProfileConfig, name: str, state: dict[str, ServiceRecord]) -> ServiceRecord:
@@ -67,18 +74,24 @@ def up(profile: ProfileConfig, on_start: Callable[[str], None] | None = None) ->
 
     Args:
         profile: the profile whose services to start.
-        on_start: called with a service's name before it starts (progress display).
+        on_start: called with a service's name before it starts, and with ``"jvm artefacts"`` before
+            they are fetched (progress display).
 
     Returns:
         The running services.
 
     Raises:
-        ServiceError: the profile plans no service, or one failed to come up (named, with its log).
+        ServiceError: the profile plans no service, the jars cannot be fetched, or a service failed to come up
+            (named, with its log).
     """
     names = planned(profile)
     if not names:
         raise ServiceError("the profile runs no local service (an external Kafka, no embedded HDFS, Spark or Trino): nothing to start")
     state = {k: v for k, v in read_state(profile).items() if is_running(v)}
+    if any(_runs_on_the_jvm(name, profile) for name in names if name not in state):
+        if on_start:
+            on_start("jvm artefacts")
+        jvm.fetch()  # a no-op once the caches match deploy/jvm/pom.xml
     for name in names:
         if name in state:
             continue

@@ -37,13 +37,11 @@ def services_up(profile: ProfileOption = None) -> None:
     """Start the profile's services in order (HDFS, broker, Spark, Trino), each health-checked."""
     _choose(profile)
     settings = state.settings().profile
-    planned = services.planned(settings)
-    if any(name != "broker" and name != "moto" for name in planned) or getattr(settings.kafka, "broker", "") == "apache":
-        with console.status("fetching the JVM artefacts…"):
-            jvm.fetch()
     status = console.status("starting…")
     with status:
-        running = services.up(settings, on_start=lambda name: status.update(f"starting {name}…"))
+        running = services.up(
+            settings, on_start=lambda name: status.update(f"starting {name}…" if name != "jvm artefacts" else "fetching the JVM artefacts…")
+        )
     for record in running.values():
         console.print(
             f"[green]up[/] {record.name:<12} pid {record.pid:<8} {record.address:<40} ready in {record.ready_seconds:5.1f}s  {record.storage}"
