@@ -19,7 +19,7 @@ from lambdaflow.services import jvm
 from lambdaflow.services.kafka_clients import answers_metadata
 from lambdaflow.services.process import ServiceRecord, free_port, record_process, spawn, state_dir, wait_until
 
-__all__ = ["start_kafka"]
+__all__ = ["format_log", "start_kafka"]
 
 _LOG4J = """\
 status = warn
@@ -65,6 +65,21 @@ def _properties(data: Path, port: int, controller_port: int) -> str:
     return "".join(f"{k}={v}\n" for k, v in settings.items())
 
 
+def format_log(java: list[str], config: Path, cluster: str) -> None:
+    """Format a fresh node's log directory (``kafka-storage format``) with the cluster id given.
+
+    The id is passed as ``--cluster-id=<id>``: URL-safe base64 starts with ``-`` one time in 64, and
+    ``-t -xyz`` is then read as an option ("expected one argument"), which once failed a CI run.
+
+    Raises:
+        ServiceError: the tool exits non-zero.
+    """
+    cmd = [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "-c", str(config)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ServiceError(f"formatting the Kafka log of {config} failed: {(done.stdout + done.stderr)[-800:]}")
+
+
 def start_kafka(profile: ProfileConfig, kafka: EmbeddedKafka, port: int | None = None, controller_port: int | None = None) -> ServiceRecord:
     """Format the node on first start, start it, and wait until it answers a metadata request.
 
@@ -82,12 +97,7 @@ def start_kafka(profile: ProfileConfig, kafka: EmbeddedKafka, port: int | None =
     java = [jvm.java(17), "-Xms256m", "-Xmx1g", f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}"]
     java += ["-cp", jvm.classpath("kafka")]
     if not (data / "meta.properties").is_file():
-        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        done = subprocess.run(
-            [*java, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config)], capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            raise ServiceError(f"formatting the Kafka log at {data} failed: {(done.stdout + done.stderr)[-800:]}")
+        format_log(java, config, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
     cmd = [*java, "kafka.Kafka", str(config)]
     log = state_dir(profile) / "broker.log"
     proc = spawn(cmd, log)

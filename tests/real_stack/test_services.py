@@ -55,3 +55,20 @@ def test_a_service_that_cannot_start_is_named_with_its_log(tmp_path: Path) -> No
     message = str(failure.value)
     assert message.startswith("namenode ") and str(tmp_path / "services" / "namenode.log") in message
     assert services.down(profile) == []  # the failed start recorded nothing that still runs
+
+
+def test_a_cluster_id_starting_with_a_dash_formats(tmp_path: Path, pseudo: PseudoStack) -> None:
+    """One random cluster id in 64 starts with ``-``; ``-t -xyz`` failed a CI run as "expected one argument"."""
+    from lambdaflow.services import jvm
+    from lambdaflow.services.kafka_server import format_log
+
+    config = tmp_path / "server.properties"
+    data = tmp_path / "data"
+    config.write_text(
+        "process.roles=broker,controller\nnode.id=1\ncontroller.quorum.voters=1@127.0.0.1:1\n"
+        "listeners=PLAINTEXT://127.0.0.1:2,CONTROLLER://127.0.0.1:1\ncontroller.listener.names=CONTROLLER\n"
+        f"log.dirs={data}\n"
+    )
+    cluster = "-" + "A" * 21
+    format_log([jvm.java(17), "-cp", jvm.classpath("kafka")], config, cluster)
+    assert f"cluster.id={cluster}" in (data / "meta.properties").read_text()
