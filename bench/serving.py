@@ -1,6 +1,6 @@
-"""Benchmark: point lookups and a top-N on the unified view, embedded engine and REST API, beside the batch-table floor.
+"""Benchmark: lookups on the unified views: the SQL path, the online index, the REST API, and Feast as a peer.
 
-    python bench/serving.py [--sizes 1000000 10000000] [--lookups 300]
+    python bench/serving.py [--sizes 1000000 10000000] [--lookups 300] [--feast-python /tmp/feast-venv/bin/python]
 
 For each size (≥ 100k accounts), 90% of the events are ingested as earlier
 micro-batches and absorbed by a Spark batch run (W); the last 10% stay as
@@ -9,19 +9,28 @@ same data and in the same run:
 
 * ``unified``: the serving SQL (batch ⊕ speed after W, finalised) on DuckDB;
 * ``batch-only``: the same query shape on the batch table alone — the floor;
-* ``api``: ``GET /views/account_profile/{key}`` over real HTTP (uvicorn).
+* ``api``: ``GET /views/account_profile/{key}`` over real HTTP (uvicorn);
+* ``online``: the online index (serving_layer/online.py) in process: a point lookup
+  of the view, ``/features`` for one key and for 100 keys (the feature function over
+  the index's state), its full build time (first open or a publish), its refresh time
+  per speed commit (5,000 events' partials), and its memory per key;
+* ``online-api``: the same three lookups over real HTTP;
+* ``feast``: Feast's embedded SQLite store with the same keys and four of the same
+  values (bench/feast_peer.py, in its own environment; skipped when it is absent).
 
-Reported: p50 and p99 latency in milliseconds and the ratio to the floor.
+Reported: p50 and p99 latency in milliseconds and ratios.
 Results go to ``bench/results/serving.json`` and ``.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import random
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -82,6 +91,88 @@ def prepare(settings, spark, size: int) -> list[str]:
     return sample.column("account_id").unique().to_pylist()
 
 
+def speed_commit(settings, seq: int, size: int) -> None:
+    """Append one micro-batch's partials (``size`` new events of existing accounts) to every speed view, as the speed layer does."""
+    events = generate(size, days=1, seed=1000 + seq, start=dt.datetime(2031, 1, 1, tzinfo=dt.timezone.utc), accounts=100_000).events
+    rows = to_master_rows(events, settings.pipeline.events, seq)
+    speed = SpeedTables(settings)
+    for name, view in compile_views(settings.pipeline).items():
+        part = view.partials_arrow(rows)
+        speed.speed[name].append(part.append_column(INGEST_SEQ, pa.array(np.full(part.num_rows, seq, np.int64))))
+
+
+def online_figures(settings, picks: list[str], batches: list[list[str]]) -> tuple[dict[str, object], object]:
+    """The online index in process: build, memory, lookups, and refresh per speed commit."""
+    import psutil
+
+    from lambdaflow.features import FeatureFunction
+    from serving_layer.lookups import feature_vectors, probe_event
+    from serving_layer.refresher import OnlineIndex
+
+    rss0 = psutil.Process().memory_info().rss
+    index = OnlineIndex(settings, interval=3600)
+    t0 = time.perf_counter()
+    index.refresh()
+    build = time.perf_counter() - t0
+    snapshot = index.current()
+    rss = psutil.Process().memory_info().rss - rss0
+    keys = snapshot.views["account_profile"].keys
+    arrow = sum(v.nbytes for v in snapshot.views.values())
+    features = FeatureFunction(settings.pipeline)
+    at = dt.datetime(2031, 1, 1, tzinfo=dt.timezone.utc)
+    view = snapshot.views["account_profile"]
+    out: dict[str, object] = {
+        "full_build_s": round(build, 2),
+        "bytes_per_key": {"arrow": round(arrow / keys), "rss": round(rss / keys)},
+        "rows_held": {name: v.base.rows.num_rows for name, v in snapshot.views.items()},
+        "point_view": percentiles(timed(lambda i: view.rows((picks[i],)).to_pylist(), len(picks))),
+        "point_features": percentiles(
+            timed(lambda i: feature_vectors(snapshot, features, probe_event(settings.pipeline, picks[i], {}, at)).to_pylist(), len(picks))
+        ),
+        "batch100_features": percentiles(
+            timed(
+                lambda i: feature_vectors(
+                    snapshot, features, pa.concat_tables([probe_event(settings.pipeline, k, {}, at) for k in batches[i]])
+                ).to_pylist(),
+                len(batches),
+            )
+        ),
+    }
+    refreshes = []
+    for seq in range(BATCHES + 1, BATCHES + 6):  # five speed commits of 5,000 events (one second at 5,000 events/s)
+        speed_commit(settings, seq, 5000)
+        t0 = time.perf_counter()
+        index.refresh()
+        refreshes.append(time.perf_counter() - t0)
+        assert index.current().kind == "speed"
+    out["speed_commit_refresh"] = percentiles(refreshes)
+    return out, index
+
+
+def feast_figures(feast_python: str, settings, lookups: int, work: Path) -> dict[str, object] | None:
+    """Feast's embedded store on the same accounts and four of the same values, run in its own environment."""
+    if not Path(feast_python).exists():
+        print(f"  feast: {feast_python} not found, peer skipped (see bench/feast_peer.py)", flush=True)
+        return None
+    import pyarrow.parquet as pq
+
+    session = open_session(settings)
+    values = session.query('SELECT "account_id", "txn_count", "amount_mean", "amount_std", "last_seen" FROM "unified_account_profile"')
+    last_seen = values.column("last_seen").cast(pa.int64())
+    values = values.set_column(4, "last_seen", last_seen)
+    pq.write_table(values, work / "feast-input.parquet")
+    done = subprocess.run(
+        [feast_python, str(ROOT / "bench/feast_peer.py"), str(work / "feast-input.parquet"), str(work / "feast"), str(lookups)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if done.returncode != 0:
+        print(f"  feast failed: {done.stderr[-2000:]}", flush=True)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def serve_in_thread(settings, port: int):
     import uvicorn
 
@@ -95,10 +186,48 @@ def serve_in_thread(settings, port: int):
     return server, thread
 
 
+def _cell(figure: object) -> str:
+    return f"{figure['p50_ms']} / {figure['p99_ms']}" if isinstance(figure, dict) else "—"
+
+
+def markdown(results: list[dict]) -> str:
+    """One table of lookups (p50 / p99 ms, same run) and one of the index's build, refresh and memory."""
+    lines = [
+        "| events | accounts | lookup | batch table (floor) | SQL unified view | SQL via REST | online, in process | online via REST | Feast SQLite, in process |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        o, oa, fe = r["online"], r.get("online_api", {}), r.get("feast") or {}
+        head = f"| {r['events']:,} | {r['accounts']:,}"
+        lines.append(
+            f"{head} | view, 1 key | {_cell(r['point_batch-only'])} | {_cell(r['point_unified'])} | {_cell(r['point_api'])}"
+            f" | {_cell(o['point_view'])} | — | {_cell(fe.get('point'))} |"
+        )
+        lines.append(f"{head} | features, 1 key | — | — | — | {_cell(o['point_features'])} | {_cell(oa.get('point_features'))} | — |")
+        lines.append(
+            f"{head} | features, 100 keys | — | — | — | {_cell(o['batch100_features'])} | {_cell(oa.get('batch100_features'))}"
+            f" | {_cell(fe.get('batch100'))} |"
+        )
+        lines.append(f"{head} | top 10 | {_cell(r['topn_batch-only'])} | {_cell(r['topn_unified'])} | — | — | — | — |")
+    lines += [
+        "",
+        "| events | full build s (first open, publish) | refresh per speed commit p50 / p99 ms | Arrow bytes per key | RSS bytes per key | rows held |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        o = r["online"]
+        lines.append(
+            f"| {r['events']:,} | {o['full_build_s']} | {_cell(o['speed_commit_refresh'])} | {o['bytes_per_key']['arrow']:,}"
+            f" | {o['bytes_per_key']['rss']:,} | {sum(o['rows_held'].values()):,} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--lookups", type=int, default=300)
+    parser.add_argument("--feast-python", default="/tmp/feast-venv/bin/python", help="the Python of an environment with feast")
     args = parser.parse_args()
     base = load_settings()
     spark = get_spark(base.profile.spark, app_name="bench-serving")
@@ -124,6 +253,11 @@ def main() -> int:
             con.execute(point.format(v=v), [picks[0]]).fetchall()  # warm up
             row[f"point_{label}"] = percentiles(timed(lambda i, v=v: con.execute(point.format(v=v), [picks[i]]).fetchall(), len(picks)))
             row[f"topn_{label}"] = percentiles(timed(lambda i, v=v: con.execute(top.format(v=v)).fetchall(), 20))
+        batches = [[rng.choice(keys) for _ in range(100)] for _ in range(max(args.lookups // 10, 20))]
+        print(f"[{size:,}] online index…", flush=True)
+        online, index = online_figures(settings, picks, batches)
+        row["online"] = online
+        del index
         import httpx
 
         with socket.socket() as s:
@@ -133,8 +267,16 @@ def main() -> int:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             client.get(f"/views/account_profile/{picks[0]}")
             row["point_api"] = percentiles(timed(lambda i: client.get(f"/views/account_profile/{picks[i]}").raise_for_status(), len(picks)))
+            row["online_api"] = {
+                "point_features": percentiles(timed(lambda i: client.get(f"/features/{picks[i]}").raise_for_status(), len(picks))),
+                "batch100_features": percentiles(
+                    timed(lambda i: client.post("/features", json={"keys": batches[i]}).raise_for_status(), len(batches))
+                ),
+            }
         server.should_exit = True
         thread.join(timeout=10)
+        print(f"[{size:,}] feast peer…", flush=True)
+        row["feast"] = feast_figures(args.feast_python, settings, args.lookups, work)
         floor = row["point_batch-only"]["p50_ms"]  # type: ignore[index]
         row["ratio_p50_to_floor"] = {
             "point_unified": round(row["point_unified"]["p50_ms"] / floor, 2),  # type: ignore[index]
@@ -148,20 +290,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "lookups": args.lookups}
     (RESULTS / "serving.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    lines = [
-        "| events | accounts | query | batch-only (floor) p50 / p99 ms | unified p50 / p99 ms | REST API p50 / p99 ms | unified / floor (p50) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        f, u, a = r["point_batch-only"], r["point_unified"], r["point_api"]
-        lines.append(
-            f"| {r['events']:,} | {r['accounts']:,} | point lookup | {f['p50_ms']} / {f['p99_ms']} | {u['p50_ms']} / {u['p99_ms']} | {a['p50_ms']} / {a['p99_ms']} | {r['ratio_p50_to_floor']['point_unified']} |"
-        )
-        f, u = r["topn_batch-only"], r["topn_unified"]
-        lines.append(
-            f"| {r['events']:,} | {r['accounts']:,} | top 10 | {f['p50_ms']} / {f['p99_ms']} | {u['p50_ms']} / {u['p99_ms']} | — | {r['ratio_p50_to_floor']['topn_unified']} |"
-        )
-    table = "\n".join(lines)
+    table = markdown(results)
     (RESULTS / "serving.md").write_text(f"# Serving latency ({meta['when']})\n\n{table}\n")
     print(table)
     return 0

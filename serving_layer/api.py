@@ -19,6 +19,7 @@ Under faults it stays up and says what is wrong:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -34,19 +35,19 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from lambdaflow.config import Settings, ViewFeature
-from lambdaflow.contracts.paths import PREDICTIONS, existing_tables, sql_name
+from lambdaflow.config import Settings
+from lambdaflow.contracts.paths import PREDICTIONS, sql_name
 from lambdaflow.errors import ConfigError
 from lambdaflow.features import FeatureFunction
 from lambdaflow.registry import LoadedModel
 from lambdaflow.schemas import INGEST_SEQ
 from lambdaflow.scoring import ChampionCache, feature_matrix, predict
-from lambdaflow.sql import to_duckdb
-from lambdaflow.tables import Table
 from lambdaflow.validation import RawRecord, Validator
 from lambdaflow.views import compile_views, quote
 from serving_layer.engine import Session, open_session
-from serving_layer.sql import FRESHNESS_VIEW, partial_rows_sql, unified_name
+from serving_layer.lookups import BadLookup, feature_vectors, freshness, parse_key, probe_event
+from serving_layer.online import OnlineSnapshot
+from serving_layer.refresher import OnlineIndex, SnapshotUnavailable, table_versions
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # another host name: it may resolve to anything
         return False
-
-
-class SnapshotUnavailable(RuntimeError):
-    """No snapshot of the tables could be opened yet; the message says why (answered with 503)."""
 
 
 class SessionCache:
@@ -136,7 +133,7 @@ class SessionCache:
 
     def _stale(self, session: Session) -> bool:
         try:
-            current = {name: Table(uri).version() for name, uri in existing_tables(self.settings.profile)}
+            current = table_versions(self.settings)
         except Exception:  # noqa: BLE001 - a table that cannot be read: reopening says which and why
             return True
         return current != session.versions
@@ -169,6 +166,10 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
     models = ChampionCache(settings)
     model_lock = threading.Lock()  # one look at the registry at a time
     metrics = CollectorRegistry()
+    refresh_seconds = Histogram(
+        "lambdaflow_online_refresh_seconds", "Online index refreshes", ["kind"], registry=metrics, buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30)
+    )
+    online = OnlineIndex(settings, serving.refresh_seconds, on_refresh=lambda kind, s: refresh_seconds.labels(kind).observe(s))
     requests = Counter("lambdaflow_api_requests", "API requests", ["endpoint", "status"], registry=metrics)
     latency = Histogram(
         "lambdaflow_api_seconds", "API latency", ["endpoint"], registry=metrics, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -232,6 +233,9 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
     def health() -> JSONResponse:
         """Liveness and the table versions the API reads; 503 with the reason while it cannot open the newest ones."""
         versions, problem = sessions.status()
+        with contextlib.suppress(SnapshotUnavailable):
+            online.current()  # the first look builds the index; its problem, if any, is reported below
+        problem = online.problem or problem
         if problem is None:
             return JSONResponse({"status": "ok", "tables": versions})
         return JSONResponse({"status": "unhealthy", "reason": problem, "tables": versions}, status_code=503)
@@ -241,31 +245,72 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
         """Request counts and latencies in Prometheus text format."""
         return Response(generate_latest(metrics), media_type="text/plain; version=0.0.4")
 
+    def view_answer(snapshot: OnlineSnapshot, view: str, values: dict[str, str]) -> dict[str, Any]:
+        index = snapshot.views.get(view)
+        if index is None:
+            raise HTTPException(404, f"unknown view {view!r}; views: {sorted(views)}")
+        try:
+            key = parse_key(index.view, values)
+        except BadLookup as exc:
+            raise HTTPException(400, str(exc)) from None
+        rows = index.rows(key)
+        if rows.num_rows == 0:
+            raise HTTPException(404, f"no rows for {values} in {view}")
+        return {
+            "view": view,
+            "key": dict(zip(index.view.spec.keys, key)),
+            "batch_watermark": snapshot.watermarks[view],
+            "freshest_ingest_seq": snapshot.freshest[view],
+            "rows": _jsonable(rows.to_pylist()),
+        }
+
     @app.get("/views/{view}/{key}", dependencies=[Depends(authorised)])
     def view_rows(view: str, key: str) -> dict[str, Any]:
         """Unified values of a view for one key (all its buckets), with the batch watermark and the freshest speed batch."""
         compiled = views.get(view)
-        if compiled is None:
-            raise HTTPException(404, f"unknown view {view!r}; views: {sorted(views)}")
-        if len(compiled.spec.keys) != 1:
-            raise HTTPException(400, f"view {view!r} has a composite key {compiled.spec.keys}: not addressable by one path segment")
-        key_col = compiled.spec.keys[0]
-        rows, freshness = sessions.queries(
-            [
-                (f"SELECT * FROM {quote(unified_name(view))} WHERE {quote(key_col)} = ?", [key]),
-                (f'SELECT "batch_watermark" AS w, "freshest_ingest_seq" AS s FROM {quote(FRESHNESS_VIEW)} WHERE "view_name" = ?', [view]),
-            ]
-        )
-        fresh = freshness.to_pylist()[0]
-        if rows.num_rows == 0:
-            raise HTTPException(404, f"no rows for {key_col}={key!r} in {view}")
-        return {
-            "view": view,
-            "key": {key_col: key},
-            "batch_watermark": fresh["w"],
-            "freshest_ingest_seq": fresh["s"],
-            "rows": _jsonable(rows.to_pylist()),
-        }
+        if compiled is not None and len(compiled.spec.keys) != 1:
+            raise HTTPException(
+                400, f"view {view!r} has a composite key {compiled.spec.keys}: use /views/{view}?{'=…&'.join(compiled.spec.keys)}=…"
+            )
+        return view_answer(online.current(), view, {compiled.spec.keys[0]: key} if compiled else {})
+
+    @app.get("/views/{view}", dependencies=[Depends(authorised)])
+    def view_rows_by_columns(view: str, request: Request) -> dict[str, Any]:
+        """Unified values of a view for the key given as query parameters, one per key column (composite keys too)."""
+        return view_answer(online.current(), view, dict(request.query_params))
+
+    @app.get("/features/{key}", dependencies=[Depends(authorised)])
+    def entity_features(key: str, request: Request) -> dict[str, Any]:
+        """The feature vector of an event of entity ``key`` now (or at ``?at=``), fields given as query parameters.
+
+        Fields not given are missing (NaN in event features). View features come from the speed layer's feature
+        function over the entity's unified state: every event of the key so far, windows ending at ``at``.
+        """
+        params = dict(request.query_params)
+        at = _parse_time(params.pop("at", None))
+        try:
+            event = probe_event(pipeline, key, params, at)
+        except BadLookup as exc:
+            raise HTTPException(422, str(exc)) from None
+        snapshot = online.current()
+        vector = feature_vectors(snapshot, features, event).to_pylist()[0]
+        return {"key": {ev.partition_key: key}, "at": at.isoformat(), "features": _jsonable(vector), **freshness(snapshot)}
+
+    @app.post("/features", dependencies=[Depends(authorised)])
+    def many_features(body: dict[str, Any]) -> dict[str, Any]:
+        """Feature vectors for many entities in one call: ``{"keys": [...], "at": optional ISO time}``."""
+        keys = body.get("keys")
+        if not isinstance(keys, list) or not all(isinstance(k, (str, int)) for k in keys) or len(keys) > MAX_BATCH_KEYS:
+            raise HTTPException(422, f'"keys" must be a list of at most {MAX_BATCH_KEYS} strings or integers')
+        at = _parse_time(body.get("at"))
+        unique = list(dict.fromkeys(str(k) for k in keys))
+        try:
+            events = pa.concat_tables([probe_event(pipeline, k, {}, at) for k in unique]) if unique else None
+        except BadLookup as exc:
+            raise HTTPException(422, str(exc)) from None
+        snapshot = online.current()
+        vectors = feature_vectors(snapshot, features, events).to_pylist() if events is not None else []
+        return {"at": at.isoformat(), "features": _jsonable(dict(zip(unique, vectors))), **freshness(snapshot)}
 
     @app.get("/predictions/{event_id}", dependencies=[Depends(authorised)])
     def prediction(event_id: str) -> dict[str, Any]:
@@ -299,18 +344,7 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
         model = champion()
         if model is None:
             raise HTTPException(503, "no champion model has been promoted yet")
-        key = valid.column(ev.partition_key)[0].as_py()
-        names = sorted({f.view for f in pipeline.features if isinstance(f, ViewFeature)})
-        # the key's partial rows under the merge rule: batch as of W, speed rows after W; all views from one snapshot
-        parts = sessions.queries(
-            [
-                (f"SELECT * FROM ({to_duckdb(partial_rows_sql(views[name]))}) AS p WHERE {quote(ev.partition_key)} = ?", [key])
-                for name in names
-            ]
-        )
-        prior = {name: views[name].merge_arrow([part]) for name, part in zip(names, parts)}
-        vector = features.compute(valid, prior)
-
+        vector = feature_vectors(online.current(), features, valid)
         value = float(predict(model.booster, feature_matrix(vector, model.features))[0])
         threshold = pipeline.model.alert_threshold if pipeline.model else 0.5
         return {
@@ -322,6 +356,25 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
         }
 
     return app
+
+
+#: Most keys one ``POST /features`` may ask for.
+MAX_BATCH_KEYS = 1000
+
+
+def _parse_time(value: object) -> dt.datetime:
+    """An ISO time from a request (UTC when it has no zone), or now.
+
+    Raises:
+        HTTPException: 422 when it is not an ISO time.
+    """
+    if value is None:
+        return dt.datetime.now(dt.timezone.utc)
+    try:
+        parsed = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        raise HTTPException(422, f"at={value!r} is not an ISO 8601 time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def _header_bytes(value: str) -> bytes:

@@ -98,7 +98,68 @@ def test_bad_input_is_refused_clearly(served) -> None:
     assert bad.status_code == 422 and "missing field(s)" in bad.json()["detail"]
     assert client.post("/score", content=b"\xff").status_code == 422
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/views/{view}/{key}", "/predictions/{event_id}", "/score", "/health", "/metrics"} <= set(paths)
+    assert {
+        "/views/{view}/{key}",
+        "/views/{view}",
+        "/features/{key}",
+        "/features",
+        "/predictions/{event_id}",
+        "/score",
+        "/health",
+        "/metrics",
+    } <= set(paths)
+
+
+def _nan_free(vector: dict[str, object]) -> dict[str, object]:
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in vector.items()}
+
+
+def test_features_are_what_the_speed_layer_computes_from_the_sql_state(served) -> None:
+    """/features: the feature function over the unified state; equal to /score's vector and to the SQL view's state."""
+    from lambdaflow.views import compile_views
+    from serving_layer.lookups import probe_event
+    from serving_layer.sql import partial_rows_sql
+
+    env, sample, _ = served
+    pipeline = env.settings.pipeline
+    client = TestClient(create_app(env.settings))
+    account = sample["account_id"][0].as_py()
+    other = next(a for a in sample["account_id"].to_pylist() if a != account)
+    fresh = shifted(sample.slice(0, 1), 24, "feat-").to_pylist()[0]
+    scored = client.post("/score", content=producer.encode_row(fresh)).json()
+    fields = {
+        k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fresh.items() if k not in ("event_id", "account_id", "event_time")
+    }
+    at = fresh["event_time"].isoformat()
+    got = client.get(f"/features/{account}", params={**fields, "at": at})
+    assert got.status_code == 200, got.text
+    assert got.json()["features"] == scored["features"]
+    # the same vector from the SQL view's state (the path /score took before the index)
+    session = open_session(env.settings)
+    views = compile_views(pipeline)
+    prior = {
+        name: views[name].merge_arrow(
+            [session.query(f"SELECT * FROM ({partial_rows_sql(views[name])}) AS p WHERE account_id = '{account}'")]
+        )
+        for name in {f.view for f in pipeline.features if getattr(f, "view", None)}
+    }
+    probe = probe_event(pipeline, account, fields, fresh["event_time"])
+    want = FeatureFunction(pipeline).compute(probe, prior).to_pylist()[0]
+    assert got.json()["features"] == _nan_free(want)
+    # many keys in one call: each as its own lookup, duplicates once
+    many = client.post("/features", json={"keys": [account, other, account], "at": at}).json()["features"]
+    assert list(many) == [account, other]
+    assert many[account] == client.get(f"/features/{account}", params={"at": at}).json()["features"]
+    # keys by query parameters (how a composite key is given) answer what the path form does
+    assert (
+        client.get("/views/account_profile", params={"account_id": account}).json()
+        == client.get(f"/views/account_profile/{account}").json()
+    )
+    assert client.get("/views/account_profile", params={"merchant_id": "m"}).status_code == 400
+    assert client.get(f"/features/{account}", params={"amount": "lots"}).status_code == 422
+    assert client.get(f"/features/{account}", params={"nope": "1"}).status_code == 422
+    assert client.get(f"/features/{account}", params={"at": "yesterday"}).status_code == 422
+    assert client.post("/features", json={"keys": "x"}).status_code == 422
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,229 @@
+"""The online index: the unified views held in memory for key lookups, refreshed on every publish and speed commit.
+
+The SQL views (``unified_<view>``) answer analysts; a point lookup through them
+scans the Delta snapshots (tens of milliseconds at 10M events). The index holds,
+per view, the same rows the SQL view returns, sorted by key, with a dict from key
+to its row span, so a lookup is a dict probe and a slice.
+
+Exactness: every row in the index was computed by the serving SQL itself
+(:func:`serving_layer.sql.unified_view_sql` and the merge rule it is built from),
+run by the embedded engine on the same snapshot:
+
+- **Full build** (first open, and whenever a batch view has a new version: a
+  publish moves W): the merged states and the finalised rows of every key, one
+  query each, ordered by the group columns.
+- **Speed commit** (only speed tables changed): the partial rows committed since
+  the last refresh (``_ingest_seq`` above both the last one seen and W) are merged
+  with the keys' current merged states by the same ``merge_sql``, and finalised by
+  the same ``finalize_sql``. Merging is associative (docs/architecture.md §4), so
+  this equals a full recompute; a test compares every sampled key with the SQL view.
+  The keys touched go to an overlay; when the overlay outgrows
+  :data:`OVERLAY_LIMIT` of the base, the next refresh is a full build.
+- **Expiry** deletes speed rows at or below W, which the merge rule already
+  excludes: nothing to do.
+
+Readers are never blocked and never see half a refresh: a refresh builds a new
+immutable :class:`OnlineSnapshot` and replaces one reference to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from lambdaflow.contracts.paths import batch_view, speed_view, sql_name
+from lambdaflow.schemas import INGEST_SEQ
+from lambdaflow.sql import to_duckdb
+from lambdaflow.views import CompiledView, quote
+from serving_layer.engine import Session
+from serving_layer.sql import partial_rows_sql, watermark_sql
+
+__all__ = ["OVERLAY_LIMIT", "Key", "OnlineSnapshot", "ViewIndex", "refresh_snapshot"]
+
+#: A key: the values of a view's key columns, in declaration order.
+Key = tuple[Any, ...]
+#: Overlay size, as a fraction of the base's keys, above which the next refresh rebuilds in full.
+OVERLAY_LIMIT = 0.2
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """One view's rows for a set of keys: merged states and finalised rows, in the same order, spans by key."""
+
+    states: pa.Table
+    rows: pa.Table
+    spans: dict[Key, tuple[int, int]]
+
+    @classmethod
+    def of(cls, view: CompiledView, states: pa.Table, rows: pa.Table) -> _Rows:
+        if states.num_rows != rows.num_rows:
+            raise AssertionError(f"{view.name}: {states.num_rows} merged states but {rows.num_rows} finalised rows")
+        return cls(states, rows, _spans(rows, view.spec.keys))
+
+
+@dataclass(frozen=True)
+class ViewIndex:
+    """The unified rows of one view: a base (built in full) and an overlay of keys changed since."""
+
+    view: CompiledView
+    base: _Rows
+    overlay: Mapping[Key, tuple[pa.Table, pa.Table]] = field(default_factory=dict)
+
+    def _find(self, key: Key) -> tuple[pa.Table, pa.Table] | None:
+        hit = self.overlay.get(key)
+        if hit is not None:
+            return hit
+        span = self.base.spans.get(key)
+        if span is None:
+            return None
+        start, stop = span
+        return self.base.states.slice(start, stop - start), self.base.rows.slice(start, stop - start)
+
+    def rows(self, key: Key) -> pa.Table:
+        """The key's finalised rows (what ``unified_<view>`` returns for it); empty when the key has none."""
+        hit = self._find(key)
+        return hit[1] if hit is not None else self.view.result_schema.empty_table()
+
+    def states(self, key: Key) -> pa.Table:
+        """The key's merged state rows (the prior state features read); empty when the key has none."""
+        hit = self._find(key)
+        return hit[0] if hit is not None else self.view.state_schema.empty_table()
+
+    @property
+    def keys(self) -> int:
+        """Distinct keys held (base and overlay)."""
+        return len(self.base.spans) + sum(1 for k in self.overlay if k not in self.base.spans)
+
+    @property
+    def nbytes(self) -> int:
+        """Arrow bytes held (the Python dicts come on top)."""
+        return self.base.states.nbytes + self.base.rows.nbytes + sum(s.nbytes + r.nbytes for s, r in self.overlay.values())
+
+
+@dataclass(frozen=True)
+class OnlineSnapshot:
+    """Every view's index as of one set of table versions; replaced whole, never changed."""
+
+    views: dict[str, ViewIndex]
+    #: table versions read (the engine session's)
+    versions: dict[str, int]
+    #: per view: the batch watermark W
+    watermarks: dict[str, int]
+    #: per view: the newest speed ``_ingest_seq`` merged (None while there is none)
+    freshest: dict[str, int | None]
+    #: "full" or "speed": how this snapshot was made from the one before
+    kind: str = "full"
+
+
+def refresh_snapshot(session: Session, views: Mapping[str, CompiledView], previous: OnlineSnapshot | None) -> OnlineSnapshot:
+    """The snapshot for ``session``'s table versions, built from ``previous`` when only speed rows were added.
+
+    Args:
+        session: an engine session opened on the newest table versions (used by this call only).
+        views: the pipeline's compiled views.
+        previous: the snapshot being served, or None.
+    """
+    marks = {name: _scalar(session, f"SELECT {watermark_sql(view)}") for name, view in views.items()}
+    batch_moved = previous is None or any(
+        session.versions.get(batch_view(n)) != previous.versions.get(batch_view(n)) or marks[n] != previous.watermarks[n] for n in views
+    )
+    if not batch_moved and previous is not None and not _overlay_full(previous):
+        return _with_speed_rows(session, views, previous, marks)
+    out, freshest = {}, {}
+    for name, view in views.items():
+        out[name] = ViewIndex(view, _full(session, view))
+        freshest[name] = _freshest(session, view)
+    return OnlineSnapshot(out, dict(session.versions), marks, freshest, "full")
+
+
+def _full(session: Session, view: CompiledView) -> _Rows:
+    order = ", ".join(quote(c) for c in view.group_columns)
+    merged = view.merge_sql(partial_rows_sql(view))
+    states = session.connection.sql(f"SELECT * FROM ({to_duckdb(merged)}) AS m ORDER BY {order}").to_arrow_table()
+    rows = session.connection.sql(f"SELECT * FROM ({to_duckdb(view.finalize_sql(merged))}) AS f ORDER BY {order}").to_arrow_table()
+    return _Rows.of(view, states.cast(view.state_schema), rows.cast(view.result_schema))
+
+
+def _with_speed_rows(
+    session: Session, views: Mapping[str, CompiledView], previous: OnlineSnapshot, marks: dict[str, int]
+) -> OnlineSnapshot:
+    """``previous`` with the speed partials committed since merged into the keys they touch."""
+    out, freshest = dict(previous.views), dict(previous.freshest)
+    for name, view in views.items():
+        seen = max(marks[name], previous.freshest[name] or marks[name])
+        speed = quote(sql_name(speed_view(name)))
+        columns = ", ".join(quote(c) for c in view.state_schema.names)
+        new = session.connection.sql(f"SELECT {columns} FROM {speed} WHERE {quote(INGEST_SEQ)} > {int(seen)}").to_arrow_table()
+        if new.num_rows == 0:
+            continue
+        index = previous.views[name]
+        touched = sorted(set(zip(*(new.column(k).to_pylist() for k in view.spec.keys))), key=repr)
+        current = [index.states(key) for key in touched]
+        partials = pa.concat_tables([t.cast(view.state_schema) for t in [*current, new.cast(view.state_schema)]])
+        changed = _merge_small(session, view, partials)
+        overlay = dict(index.overlay)
+        for key, (start, stop) in changed.spans.items():
+            overlay[key] = (changed.states.slice(start, stop - start), changed.rows.slice(start, stop - start))
+        out[name] = ViewIndex(view, index.base, overlay)
+        freshest[name] = _freshest(session, view)
+    return OnlineSnapshot(out, dict(session.versions), marks, freshest, "speed")
+
+
+def _merge_small(session: Session, view: CompiledView, partials: pa.Table) -> _Rows:
+    """Merge and finalise a few keys' partial rows with the serving SQL, on a private connection."""
+    con = _scratch()
+    try:
+        con.register("partials", partials)
+        order = ", ".join(quote(c) for c in view.group_columns)
+        merged = view.merge_sql('SELECT * FROM "partials"')
+        states = con.sql(f"SELECT * FROM ({to_duckdb(merged)}) AS m ORDER BY {order}").to_arrow_table()
+        rows = con.sql(f"SELECT * FROM ({to_duckdb(view.finalize_sql(merged))}) AS f ORDER BY {order}").to_arrow_table()
+    finally:
+        con.close()
+    return _Rows.of(view, states.cast(view.state_schema), rows.cast(view.result_schema))
+
+
+def _scratch() -> Any:
+    """A DuckDB connection for merging in-memory rows (the session's is locked down and shared)."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _freshest(session: Session, view: CompiledView) -> int | None:
+    """The newest speed batch in the view's speed table: ``serving_freshness.freshest_ingest_seq``."""
+    value = _scalar(session, f"SELECT MAX({quote(INGEST_SEQ)}) FROM {quote(sql_name(speed_view(view.name)))}")
+    return None if value is None else int(value)
+
+
+def _scalar(session: Session, sql: str) -> Any:
+    rows = session.connection.execute(sql).fetchall()  # fetchone would leave the result open on the connection
+    return rows[0][0] if rows else None
+
+
+def _overlay_full(snapshot: OnlineSnapshot) -> bool:
+    return any(len(v.overlay) > OVERLAY_LIMIT * max(len(v.base.spans), 1000) for v in snapshot.views.values())
+
+
+def _spans(rows: pa.Table, keys: Sequence[str]) -> dict[Key, tuple[int, int]]:
+    """Row span of every key in ``rows``, which are sorted by the keys (vectorised: one dict entry per key, not per row)."""
+    n = rows.num_rows
+    if n == 0:
+        return {}
+    change = np.zeros(n, bool)
+    change[0] = True
+    for k in keys:
+        codes, _ = pd.factorize(rows.column(k).to_numpy(zero_copy_only=False), use_na_sentinel=False)
+        change[1:] |= codes[1:] != codes[:-1]
+    starts = np.flatnonzero(change)
+    stops = np.append(starts[1:], n)
+    firsts = rows.select(list(keys)).take(pa.array(starts))
+    tuples = list(zip(*(firsts.column(k).to_pylist() for k in keys)))
+    return {key: (int(a), int(b)) for key, a, b in zip(tuples, starts, stops)}
