@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ipaddress
-import logging
 import secrets
 import threading
 import time
@@ -47,9 +46,7 @@ from lambdaflow.views import compile_views, quote
 from serving_layer.engine import Session, open_session
 from serving_layer.lookups import BadLookup, feature_vectors, freshness, parse_key, probe_event
 from serving_layer.online import OnlineSnapshot
-from serving_layer.refresher import OnlineIndex, SnapshotUnavailable, table_versions
-
-log = logging.getLogger(__name__)
+from serving_layer.refresher import OnlineIndex, ProblemReport, SnapshotUnavailable, table_versions
 
 
 def is_loopback(host: str) -> bool:
@@ -75,8 +72,7 @@ class SessionCache:
         self.settings = settings
         self.refresh = refresh
         self.lock = threading.Lock()
-        #: why the newest snapshot is not being served, or None when it is
-        self.problem: str | None = None
+        self.report = ProblemReport()
         self._session: Session | None = None
         self._checked = float("-inf")
 
@@ -98,6 +94,11 @@ class SessionCache:
             connection = self._current().connection
             return [connection.sql(sql, params=params).to_arrow_table() for sql, params in statements]
 
+    @property
+    def problem(self) -> str | None:
+        """Why the newest snapshot is not being served, or None when it is."""
+        return self.report.problem
+
     def status(self) -> tuple[dict[str, int], str | None]:
         """The table versions being served, and why they are not the newest (None when they are); looks for new versions first."""
         with self.lock:
@@ -118,15 +119,9 @@ class SessionCache:
                     old, self._session = self._session, fresh
                     if old is not None:
                         old.connection.close()  # nobody else holds it: every use is under the lock
-                if self.problem is not None:
-                    log.warning("serving the newest table snapshots again")
-                self.problem = None
+                self.report.ok()
             except Exception as exc:  # noqa: BLE001 - keep serving the last good snapshot; /health reports why
-                fallback = "serving the last good one" if self._session else "none opened yet"
-                problem = f"cannot open the newest table snapshots ({fallback}): {exc}"
-                if problem != self.problem:
-                    log.error("%s", problem)
-                self.problem = problem
+                self.report.failed(exc, self._session is not None)
         if self._session is None:
             raise SnapshotUnavailable(self.problem or "no table snapshot opened yet")
         return self._session

@@ -25,13 +25,34 @@ from lambdaflow.views import compile_views
 from serving_layer.engine import open_session
 from serving_layer.online import OnlineSnapshot, refresh_snapshot
 
-__all__ = ["OnlineIndex", "SnapshotUnavailable", "table_versions"]
+__all__ = ["OnlineIndex", "ProblemReport", "SnapshotUnavailable", "table_versions"]
 
 log = logging.getLogger(__name__)
 
 
 class SnapshotUnavailable(RuntimeError):
     """No snapshot of the tables could be opened yet; the message says why (answered with 503)."""
+
+
+class ProblemReport:
+    """Why the newest table snapshots are not being served (None when they are), logged once per change."""
+
+    def __init__(self) -> None:
+        self.problem: str | None = None
+
+    def ok(self) -> None:
+        """The newest snapshots are served (again)."""
+        if self.problem is not None:
+            log.warning("serving the newest table snapshots again")
+        self.problem = None
+
+    def failed(self, exc: BaseException, have_last_good: bool) -> None:
+        """Opening the newest snapshots failed with ``exc``; the last good one, if any, keeps answering."""
+        fallback = "serving the last good one" if have_last_good else "none opened yet"
+        problem = f"cannot open the newest table snapshots ({fallback}): {exc}"
+        if problem != self.problem:
+            log.error("%s", problem)
+        self.problem = problem
 
 
 def table_versions(settings: Settings) -> dict[str, int]:
@@ -63,8 +84,7 @@ class OnlineIndex:
         self.interval = interval
         self.views = compile_views(settings.pipeline)
         self.snapshot: OnlineSnapshot | None = None
-        #: why the newest table versions are not being served, or None when they are
-        self.problem: str | None = None
+        self.report = ProblemReport()
         self._on_refresh = on_refresh
         self._lock = threading.Lock()  # one refresh at a time
         self._thread: threading.Thread | None = None
@@ -90,7 +110,7 @@ class OnlineIndex:
             try:
                 previous = self.snapshot
                 if previous is not None and table_versions(self.settings) == previous.versions:
-                    self._healthy()
+                    self.report.ok()
                     return False
                 t0 = time.perf_counter()
                 session = open_session(self.settings)
@@ -101,20 +121,16 @@ class OnlineIndex:
                 self.snapshot = fresh
                 if self._on_refresh is not None:
                     self._on_refresh(fresh.kind, time.perf_counter() - t0)
-                self._healthy()
+                self.report.ok()
                 return True
             except Exception as exc:  # noqa: BLE001 - keep serving the last good snapshot; /health reports why
-                fallback = "serving the last good one" if self.snapshot else "none opened yet"
-                problem = f"cannot open the newest table snapshots ({fallback}): {exc}"
-                if problem != self.problem:
-                    log.error("%s", problem)
-                self.problem = problem
+                self.report.failed(exc, self.snapshot is not None)
                 return False
 
-    def _healthy(self) -> None:
-        if self.problem is not None:
-            log.warning("serving the newest table snapshots again")
-        self.problem = None
+    @property
+    def problem(self) -> str | None:
+        """Why the newest table versions are not being served, or None when they are."""
+        return self.report.problem
 
     def _start(self) -> None:
         if self._thread is None:
