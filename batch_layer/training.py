@@ -2,8 +2,8 @@
 
 Features come from :class:`lambdaflow.features.FeatureFunction`, the same
 function the speed layer scores with, run by Spark over all of a key's events
-(``repartition`` by the partition key, then one call per Spark partition), so
-an event only sees the events of its key that precede it in partition order.
+(``repartition`` by the view key, then one call per Spark partition), so an
+event only sees the events of its key that precede it in ingest order.
 
 Labels: an event is in the training set when it happened at least
 ``labels.maturity`` before the cut-off; its label is positive when a label
@@ -48,7 +48,33 @@ class TrainingSetReport:
     seconds: float
 
 
-def _featurize_partition(settings: Settings, out_schema: pa.Schema) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+#: Prefix of the columns that carry a view-key group's features into the final pass (never an event field).
+_SIDE = "__feature__"
+
+
+def _group_partition(
+    settings: Settings, keys: tuple[str, ...], out_schema: pa.Schema
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """One Spark partition, holding every event of its view keys: the event id and that group's view features."""
+    pipeline = settings.pipeline
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        collected = [b for b in batches if b.num_rows]
+        if not collected:
+            return
+        table = pa.Table.from_batches(collected)
+        values = FeatureFunction(pipeline).view_values(table, keys=keys)
+        columns = {pipeline.events.id_column: table.column(pipeline.events.id_column)}
+        columns.update({_SIDE + name: pa.array(v, pa.float64()) for name, v in values.items()})
+        yield from pa.table(columns).cast(out_schema).to_batches()
+
+    return run
+
+
+def _featurize_partition(
+    settings: Settings, out_schema: pa.Schema, side: list[str]
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """One Spark partition, holding every event of its partition keys: the partition-key features, the side groups' as joined."""
     pipeline = settings.pipeline
     ev = pipeline.events
 
@@ -57,7 +83,10 @@ def _featurize_partition(settings: Settings, out_schema: pa.Schema) -> Callable[
         if not collected:  # an empty Spark partition
             return
         table = pa.Table.from_batches(collected)
-        features = FeatureFunction(pipeline).compute(table)  # all preceding events of each key are here
+        ff = FeatureFunction(pipeline)
+        values = ff.view_values(table, keys=(ev.partition_key,))  # all preceding events of each key are here
+        values.update({name: table.column(_SIDE + name).to_numpy(zero_copy_only=False) for name in side})
+        features = ff.assemble(table, values)
         ids = [ev.id_column, ev.partition_key, ev.time_column, INGEST_SEQ]
         result = pa.table({**{c: table.column(c) for c in ids}, **{c: features.column(c) for c in features.column_names}})
         yield from result.cast(pa.schema(list(out_schema)[: len(ids) + len(features.column_names)])).to_batches()
@@ -66,15 +95,32 @@ def _featurize_partition(settings: Settings, out_schema: pa.Schema) -> Callable[
 
 
 def featurize(settings: Settings, events: DataFrame) -> DataFrame:
-    """Features of every event, computed per key in partition order by the shared feature function."""
+    """Features of every event (ids unique), computed per view key in ingest order by the shared feature function.
+
+    Features of views keyed by the partition key come from one pass over the events grouped by it. Each other
+    view key (e.g. the merchant) gets a pass of its own, grouped by that key, whose values are joined back by
+    event id: an as-of join in ingest order, since each value was computed at its event's own position.
+    """
+    from pyspark.sql.pandas.types import from_arrow_schema
+
     ff = FeatureFunction(settings.pipeline)
     schema = training_schema(ff, settings)
     without_label = pa.schema([f for f in schema if f.name != LABEL])
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    key = settings.pipeline.events.partition_key
+    ev = settings.pipeline.events
     partitions = int(events.sparkSession.conf.get("spark.sql.shuffle.partitions") or 4)
-    return events.repartition(partitions, key).mapInArrow(_featurize_partition(settings, without_label), from_arrow_schema(without_label))
+    rows, side = events, []
+    for keys, names in ff.key_groups.items():
+        if keys == (ev.partition_key,):
+            continue
+        group_schema = pa.schema([without_label.field(ev.id_column), *(pa.field(_SIDE + n, pa.float64()) for n in names)])
+        values = events.repartition(partitions, *keys).mapInArrow(
+            _group_partition(settings, keys, group_schema), from_arrow_schema(group_schema)
+        )
+        rows = rows.join(values, on=ev.id_column, how="left")
+        side += names
+    return rows.repartition(partitions, ev.partition_key).mapInArrow(
+        _featurize_partition(settings, without_label, side), from_arrow_schema(without_label)
+    )
 
 
 def labelled(settings: Settings, spark: SparkSession, cutoff: dt.datetime, watermark: int) -> DataFrame | None:

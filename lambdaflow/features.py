@@ -1,23 +1,34 @@
 """The one feature function, used by the speed layer at scoring time and by the batch layer for training sets.
 
 For an event, the state of a view feature is the merged partial state of the
-events of the same key that **precede it in partition order** (docs/architecture.md §6):
+events with the same **view key** that **precede it in ingest order** (docs/architecture.md §6):
 
     state(e) = prior state of the key (batch view as of W + speed partials since)
              ⊕ earlier rows of the same key in the table being featurised
 
 restricted, for a windowed feature, to the buckets ``(bucket(e) - window, bucket(e)]``.
+The view key is the view's own key: the partition key, or any other event
+column(s), e.g. the merchant of a payment partitioned by account.
 The speed layer passes its prior state and one micro-batch; the batch layer
-passes no prior state and *all* of a key's events, so both compute exactly the
-same numbers for the same event (a parity test checks it).
+passes no prior state and *all* of a view key's events (one Spark pass per
+distinct view key, joined by event id), so both compute exactly the same
+numbers for the same event (parity tests check it).
+
+An event whose view key holds a null outside the partition key has no such
+history: its features from that view are missing (NaN). A null partition key
+is a key of its own (``events.null_keys: key``).
 
 A feature ``sum`` over no values is 0 (a view's is null); ``min``/``max`` over
 no values and means/variances of too few values are missing (NaN), which
 XGBoost treats as missing.
 
-Rows are ordered by :func:`position_order`: ingest sequence, then Kafka offset (all
-events of a key share one partition), then event time and id as tie-breakers
-for rows without Kafka coordinates.
+Rows are ordered by :func:`position_order`: ingest sequence (the micro-batch), then
+Kafka partition and offset, then event time and id as tie-breakers for rows
+without Kafka coordinates. For the partition key this is the partition's own
+order. For another key, whose events are spread over partitions, it is the order
+in which micro-batches ingested them, and within one micro-batch partition by
+partition: a fact recorded in every master row, so training replays it exactly,
+but not the order in which the events happened or were produced.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ import pyarrow.compute as pc
 
 from lambdaflow.config import EventFeature, PipelineConfig, RatioFeature, ViewFeature
 from lambdaflow.contracts.master import row_order
-from lambdaflow.schemas import BUCKET, INGEST_SEQ, KAFKA_OFFSET
+from lambdaflow.schemas import BUCKET, INGEST_SEQ, KAFKA_OFFSET, KAFKA_PARTITION
 from lambdaflow.views import CompiledView, StateColumn, arrow_predicate, compile_views
 
 #: Identity of each merge kind over float64 state (what "no events" contributes).
@@ -43,7 +54,7 @@ _IDENTITY = {"sum": 0.0, "min": np.inf, "max": -np.inf}
 
 def position_order(events: pa.Table, time_column: str, id_column: str) -> np.ndarray:
     """Row indices of ``events`` in partition order (see module docstring)."""
-    return row_order(events, (INGEST_SEQ, KAFKA_OFFSET, time_column, id_column))
+    return row_order(events, (INGEST_SEQ, KAFKA_PARTITION, KAFKA_OFFSET, time_column, id_column))
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,19 @@ class FeatureFunction:
                 needed.setdefault((f.view, f.window), set()).add(f.aggregate)
         return {(v, w): _Window(self.views[v], w, frozenset(aggs)) for (v, w), aggs in needed.items()}
 
+    @cached_property
+    def key_groups(self) -> dict[tuple[str, ...], list[str]]:
+        """View-feature names by the key of the view they read; the partition key's group first when it has one.
+
+        Each group needs all the events of its key in one place: the batch layer computes a group per pass.
+        """
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for f in self.pipeline.features:
+            if isinstance(f, ViewFeature):
+                groups.setdefault(tuple(self.views[f.view].spec.keys), []).append(f.name)
+        primary = (self.key,)
+        return dict(sorted(groups.items(), key=lambda item: item[0] != primary))
+
     def compute(self, events: pa.Table, prior: Mapping[str, pa.Table] | None = None) -> pa.Table:
         """Features of every row of ``events``, in the same row order.
 
@@ -102,28 +126,49 @@ class FeatureFunction:
             prior: per view name, merged state rows (the view's state schema) of
                 everything before these events; None for no prior state.
         """
+        return self.assemble(events, self.view_values(events, prior))
+
+    def view_values(
+        self, events: pa.Table, prior: Mapping[str, pa.Table] | None = None, keys: tuple[str, ...] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The view features of every row of ``events`` (only those of views keyed by ``keys``, when given).
+
+        Args:
+            events: valid events; every event of each key read must be here or in ``prior``.
+            prior: as for :meth:`compute`.
+            keys: one entry of :attr:`key_groups`; None for all view features.
+        """
         spec = self.pipeline.events
-        n = events.num_rows
         order = position_order(events, spec.time_column, spec.id_column)
-        pos = np.empty(n, np.int64)
-        pos[order] = np.arange(n)
-        # a null key is a key of its own (events.null_keys: key); under 'quarantine' none reaches here
-        key_codes, key_uniques = pd.factorize(events.column(self.key).to_numpy(zero_copy_only=False), use_na_sentinel=False)
-        states = {
-            wk: self._window_states(w, events, pos, key_codes, key_uniques, (prior or {}).get(w.view.name))
-            for wk, w in self._windows.items()
-        }
+        pos = np.empty(events.num_rows, np.int64)
+        pos[order] = np.arange(events.num_rows)
+        coders: dict[tuple[str, ...], _KeyCoder] = {}
+        values: dict[str, np.ndarray] = {}
+        for (name, window), w in self._windows.items():
+            view_keys = tuple(w.view.spec.keys)
+            if keys is not None and view_keys != keys:
+                continue
+            coder = coders.get(view_keys) or coders.setdefault(view_keys, _KeyCoder(events, view_keys, self.key))
+            merged = self._window_states(w, events, pos, coder, (prior or {}).get(name))
+            for f in self.pipeline.features:
+                if isinstance(f, ViewFeature) and (f.view, f.window) == (name, window):
+                    finalised = w.view.finalize_columns(functools.partial(_column_of, merged), [f.aggregate])[f.aggregate]
+                    column = pc.fill_null(pc.cast(finalised, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+                    values[f.name] = np.where(coder.no_history, np.nan, np.asarray(column, np.float64))
+        return values
+
+    def assemble(self, events: pa.Table, view_values: Mapping[str, np.ndarray]) -> pa.Table:
+        """The feature table: event features from ``events``, the given view features, then the ratios.
+
+        Raises:
+            KeyError: a view feature is missing from ``view_values``.
+        """
         values: dict[str, np.ndarray] = {}
         for f in self.pipeline.features:
             if isinstance(f, EventFeature):
                 values[f.name] = _event_feature(events.column(f.column), f.categories)
             elif isinstance(f, ViewFeature):
-                w = self._windows[(f.view, f.window)]
-                merged = states[(f.view, f.window)]
-                finalised = w.view.finalize_columns(functools.partial(_column_of, merged), [f.aggregate])[f.aggregate]
-                values[f.name] = np.asarray(
-                    pc.fill_null(pc.cast(finalised, pa.float64()), np.nan).to_numpy(zero_copy_only=False), np.float64
-                )
+                values[f.name] = view_values[f.name]
             elif isinstance(f, RatioFeature):
                 num, den = values[f.numerator], values[f.denominator]
                 with np.errstate(divide="ignore", invalid="ignore"):
@@ -133,16 +178,11 @@ class FeatureFunction:
     # ------------------------------------------------------------------ state
 
     def _window_states(
-        self,
-        w: _Window,
-        events: pa.Table,
-        pos: np.ndarray,
-        key_codes: np.ndarray,
-        key_uniques: np.ndarray,
-        prior: pa.Table | None,
+        self, w: _Window, events: pa.Table, pos: np.ndarray, coder: _KeyCoder, prior: pa.Table | None
     ) -> dict[str, np.ndarray]:
         """Merged state columns per row for one (view, window): prior ⊕ earlier rows, over the window's buckets."""
         view, n = w.view, events.num_rows
+        key_codes = coder.codes
         states = w.states
         contrib = _row_states(view, states, events)
         if w.bucket is not None:
@@ -153,7 +193,7 @@ class FeatureFunction:
         base = int(bucket.min()) - w.k if n else 0
         bidx = bucket - base  # >= k, so every bucket of every window is >= 0
         nb = int(bidx.max()) + 1 if n else 1
-        group = key_codes.astype(np.int64) * nb + bidx
+        group = key_codes * nb + bidx
         order = np.lexsort((pos, group))
         g_sorted, p_sorted = group[order], pos[order]
         composite = g_sorted * (n + 1) + p_sorted
@@ -166,10 +206,10 @@ class FeatureFunction:
             cum[s.name] = (
                 grouped[s.name].cumsum() if kind == "sum" else grouped[s.name].cummin() if kind == "min" else grouped[s.name].cummax()
             ).to_numpy(np.float64)
-        prior_lookup = _PriorLookup(view, states, prior, key_uniques, w.bucket)
+        prior_lookup = _PriorLookup(view, states, prior, coder, w.bucket)
         total = {s.name: np.full(n, _IDENTITY[_kind(s)]) for s in states}
         for m in range(w.k):
-            target = key_codes.astype(np.int64) * nb + (bidx - m)
+            target = key_codes * nb + (bidx - m)
             idx = np.searchsorted(composite, target * (n + 1) + pos, side="left") - 1
             hit = (idx >= 0) & (g_sorted[np.clip(idx, 0, None)] == target) if n else np.zeros(0, bool)
             from_prior = prior_lookup.lookup(key_codes, bucket - m)
@@ -180,21 +220,64 @@ class FeatureFunction:
         return {s.name: _finish(_kind(s), total[s.name]) for s in states}
 
 
+def _key_values(column: pa.ChunkedArray) -> np.ndarray:
+    """Key values as numpy, nulls as NaN: the way ``pd.factorize(use_na_sentinel=False)`` spells the null key."""
+    values = column.to_numpy(zero_copy_only=False)
+    if values.dtype == object:
+        values = pd.Series(values, dtype=object).where(pd.notna(values), np.nan).to_numpy()
+    return values
+
+
+class _KeyCoder:
+    """Dense integer codes of the rows' view keys, and the same codes for other rows' keys (-1: not among them).
+
+    A composite key is coded column by column, each step pairing the codes so far with the next
+    column's and re-coding the pairs densely, so no product of sizes can overflow.
+    """
+
+    def __init__(self, events: pa.Table, keys: tuple[str, ...], partition_key: str) -> None:
+        self.keys = keys
+        columns = [_key_values(events.column(k)) for k in keys]
+        self._uniques: list[pd.Index] = []
+        self._pairs: list[pd.Index] = []
+        codes = np.zeros(events.num_rows, np.int64)
+        for i, values in enumerate(columns):
+            own, uniques = pd.factorize(values, use_na_sentinel=False)
+            self._uniques.append(pd.Index(uniques))
+            if i == 0:
+                codes = own.astype(np.int64)
+                continue
+            paired, pairs = pd.factorize(codes * len(uniques) + own)
+            self._pairs.append(pd.Index(pairs))
+            codes = paired.astype(np.int64)
+        self.codes = codes
+        # no history outside the partition key's own null-key rule (module docstring)
+        others = [values for key, values in zip(keys, columns) if key != partition_key]
+        self.no_history = np.logical_or.reduce([pd.isna(v) for v in others]) if others else np.zeros(events.num_rows, bool)
+
+    def lookup(self, rows: pa.Table) -> np.ndarray:
+        """Codes of ``rows``' keys; -1 for a key no event here has."""
+        codes = np.zeros(rows.num_rows, np.int64)
+        for i, key in enumerate(self.keys):
+            own = self._uniques[i].get_indexer(_key_values(rows.column(key)))
+            if i == 0:
+                codes = own.astype(np.int64)
+                continue
+            radix = len(self._uniques[i])
+            pair = np.where((codes >= 0) & (own >= 0), codes * radix + own, -1)
+            codes = np.where(pair >= 0, self._pairs[i - 1].get_indexer(pair), -1).astype(np.int64)
+        return codes
+
+
 class _PriorLookup:
     """Prior state rows of a view, looked up by (key code, bucket index)."""
 
-    def __init__(
-        self, view: CompiledView, states: list[StateColumn], prior: pa.Table | None, key_uniques: np.ndarray, bucket: int | None
-    ) -> None:
+    def __init__(self, view: CompiledView, states: list[StateColumn], prior: pa.Table | None, coder: _KeyCoder, bucket: int | None) -> None:
         self.columns = states
         self.frame: pd.DataFrame | None = None
         if prior is None or prior.num_rows == 0:
             return
-        key_col = view.spec.keys[0]
-        keys = prior.column(key_col).to_numpy(zero_copy_only=False)
-        # nulls as NaN, the way pd.factorize(use_na_sentinel=False) spells the null key among the uniques
-        keys = pd.Series(keys, dtype=object).where(pd.notna(keys), np.nan).to_numpy()
-        codes = pd.Index(key_uniques).get_indexer(keys)
+        codes = coder.lookup(prior)
         keep = codes >= 0
         if not keep.any():
             return

@@ -83,13 +83,14 @@ def freshness(snapshot: OnlineSnapshot) -> dict[str, dict[str, int | None]]:
     return {"batch_watermark": dict(snapshot.watermarks), "freshest_ingest_seq": dict(snapshot.freshest)}
 
 
-def prior_states(snapshot: OnlineSnapshot, features: FeatureFunction, keys: list[object]) -> dict[str, pa.Table]:
-    """Per view that features read: the merged state rows of the given partition keys."""
+def prior_states(snapshot: OnlineSnapshot, features: FeatureFunction, events: pa.Table) -> dict[str, pa.Table]:
+    """Per view that features read: the merged state rows of the view keys of ``events`` (each key once)."""
     names = sorted({f.view for f in features.pipeline.features if isinstance(f, ViewFeature)})
     out = {}
     for name in names:
         index = snapshot.views[name]
-        parts = [index.states((k,)) for k in dict.fromkeys(keys)]
+        keys = dict.fromkeys(zip(*(events.column(k).to_pylist() for k in index.view.spec.keys)))
+        parts = [index.states(key) for key in keys]
         out[name] = pa.concat_tables(parts) if parts else index.view.state_schema.empty_table()
     return out
 
@@ -97,7 +98,7 @@ def prior_states(snapshot: OnlineSnapshot, features: FeatureFunction, keys: list
 def feature_vectors(snapshot: OnlineSnapshot, features: FeatureFunction, events: pa.Table) -> pa.Table:
     """The feature vector of every event, as the speed layer would compute it with the snapshot's state.
 
-    Several events are featurised like one micro-batch: an event sees the earlier events of its key in the call.
+    Several events are featurised like one micro-batch: an event sees the earlier events of its keys in the call.
+    A feature from a view keyed by a field the event does not give (e.g. no merchant) is missing.
     """
-    keys = events.column(features.key).to_pylist()
-    return features.compute(events, prior_states(snapshot, features, keys))
+    return features.compute(events, prior_states(snapshot, features, events))

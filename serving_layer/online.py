@@ -17,8 +17,9 @@ run by the embedded engine on the same snapshot:
   with the keys' current merged states by the same ``merge_sql``, and finalised by
   the same ``finalize_sql``. Merging is associative (docs/architecture.md §4), so
   this equals a full recompute; a test compares every sampled key with the SQL view.
-  The keys touched go to an overlay; when the overlay outgrows
-  :data:`OVERLAY_LIMIT` of the base, the next refresh is a full build.
+  The keys touched go to an overlay; when a view's overlay outgrows
+  :data:`OVERLAY_LIMIT` of its base, the next speed refresh rebuilds that view
+  in full (a small view, e.g. of merchants, is touched all over by every commit).
 - **Expiry** deletes speed rows at or below W, which the merge rule already
   excludes: nothing to do.
 
@@ -132,7 +133,7 @@ def refresh_snapshot(session: Session, views: Mapping[str, CompiledView], previo
     batch_moved = previous is None or any(
         session.versions.get(batch_view(n)) != previous.versions.get(batch_view(n)) or marks[n] != previous.watermarks[n] for n in views
     )
-    if not batch_moved and previous is not None and not _overlay_full(previous):
+    if not batch_moved and previous is not None:
         return _with_speed_rows(session, views, previous, marks)
     out, freshest = {}, {}
     for name, view in views.items():
@@ -162,6 +163,10 @@ def _with_speed_rows(
         if new.num_rows == 0:
             continue
         index = previous.views[name]
+        if _overlay_full(index):  # this view only: a small view touched all over is cheaper to rebuild than to patch
+            out[name] = ViewIndex(view, _full(session, view))
+            freshest[name] = _freshest(session, view)
+            continue
         touched = sorted(set(zip(*(new.column(k).to_pylist() for k in view.spec.keys))), key=repr)
         current = [index.states(key) for key in touched]
         partials = pa.concat_tables([t.cast(view.state_schema) for t in [*current, new.cast(view.state_schema)]])
@@ -208,8 +213,8 @@ def _scalar(session: Session, sql: str) -> Any:
     return rows[0][0] if rows else None
 
 
-def _overlay_full(snapshot: OnlineSnapshot) -> bool:
-    return any(len(v.overlay) > OVERLAY_LIMIT * max(len(v.base.spans), 1000) for v in snapshot.views.values())
+def _overlay_full(index: ViewIndex) -> bool:
+    return len(index.overlay) > OVERLAY_LIMIT * max(len(index.base.spans), 1000)
 
 
 def _spans(rows: pa.Table, keys: Sequence[str]) -> dict[Key, tuple[int, int]]:

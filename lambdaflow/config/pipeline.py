@@ -377,11 +377,6 @@ def _check_feature(
             raise ValueError(
                 f"feature {feature.name!r}: view {feature.view!r} has no aggregate {feature.aggregate!r}; it has {sorted(view.aggregates)}"
             )
-        if view.keys != [events.partition_key]:
-            raise ValueError(
-                f"feature {feature.name!r}: view {view.name!r} must be keyed by the partition key "
-                f"[{events.partition_key!r}] (per-key state follows partition order), it is keyed by {view.keys}"
-            )
         agg = view.aggregates[feature.aggregate]
         if agg.fn == "last" or (agg.fn in ("min", "max") and fields[agg.column].type not in NUMERIC_TYPES):  # type: ignore[index]
             raise ValueError(f"feature {feature.name!r}: aggregate {feature.aggregate!r} is not numeric")

@@ -137,12 +137,12 @@ def test_features_are_what_the_speed_layer_computes_from_the_sql_state(served) -
     # the same vector from the SQL view's state (the path /score took before the index)
     session = open_session(env.settings)
     views = compile_views(pipeline)
-    prior = {
-        name: views[name].merge_arrow(
-            [session.query(f"SELECT * FROM ({partial_rows_sql(views[name])}) AS p WHERE account_id = '{account}'")]
-        )
-        for name in {f.view for f in pipeline.features if getattr(f, "view", None)}
-    }
+    entity = {**fresh, "account_id": account}
+    prior = {}
+    for name in {f.view for f in pipeline.features if getattr(f, "view", None)}:
+        (key,) = views[name].spec.keys  # the account's views, and the merchant's
+        rows = session.query(f"SELECT * FROM ({partial_rows_sql(views[name])}) AS p WHERE {key} = '{entity[key]}'")
+        prior[name] = views[name].merge_arrow([rows])
     probe = probe_event(pipeline, account, fields, fresh["event_time"])
     want = FeatureFunction(pipeline).compute(probe, prior).to_pylist()[0]
     assert got.json()["features"] == _nan_free(want)
@@ -340,6 +340,50 @@ def test_a_corrupt_delta_log_keeps_serving_the_last_good_snapshot(served, tmp_pa
     for c in (client, fresh):
         assert c.get("/health").status_code == 200
         assert c.get(f"/views/account_profile/{account}").json() == good_view.json()
+
+
+def test_features_served_before_an_event_equal_its_speed_and_training_features(served, spark) -> None:
+    """Parity for every feature, those of the merchant view included (a key spread over partitions).
+
+    For fresh events of distinct accounts and merchants: ``/features`` asked before they arrive, the vector the
+    speed layer scored them with, and the training set's (Spark, from master) are one and the same.
+    """
+    from batch_layer.training import featurize
+    from lambdaflow.contracts.speed import SpeedTables
+
+    env, sample, _ = served
+    names = FeatureFunction(env.settings.pipeline).names
+    client = TestClient(create_app(env.settings))
+    latest = sample.slice(sample.num_rows - 400)
+    picked, accounts, merchants = [], set(), set()
+    for i, row in enumerate(latest.to_pylist()):
+        if row["account_id"] not in accounts and row["merchant_id"] not in merchants:
+            picked.append(i)
+            accounts.add(row["account_id"])
+            merchants.add(row["merchant_id"])
+        if len(picked) == 6:
+            break
+    fresh = shifted(latest.take(picked), 0.5, "pit-")
+    served_vectors = {}
+    for row in fresh.to_pylist():
+        fields = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in row.items() if k not in ("event_id", "account_id")}
+        fields["at"] = fields.pop("event_time")
+        got = client.get(f"/features/{row['account_id']}", params=fields)
+        assert got.status_code == 200, got.text
+        served_vectors[row["event_id"]] = got.json()["features"]
+    assert any(v["merchant_txn_count_1d"] for v in served_vectors.values())  # the merchants have history to get right
+
+    send(env, fresh)
+    drain(env, idle=3)
+    tables = SpeedTables(env.settings)
+    predictions = tables.predictions.snapshot().to_arrow().to_pylist()
+    speed = {r["event_id"]: dict(zip(names, r["features"])) for r in predictions if r["event_id"] in served_vectors}
+    batch = featurize(env.settings, tables.master.snapshot().to_spark(spark)).toPandas().set_index("event_id")
+    for event_id, vector in served_vectors.items():
+        want = np.array([np.nan if vector[n] is None else vector[n] for n in names], np.float64)
+        # sums may add in another order (prior state vs one pass): equal to 1e-9 relative
+        assert np.allclose([speed[event_id][n] for n in names], want, rtol=1e-9, equal_nan=True), event_id
+        assert np.allclose(batch.loc[event_id, names].to_numpy(np.float64), want, rtol=1e-9, equal_nan=True), event_id
 
 
 def test_create_app_refuses_a_public_address_without_a_token(settings) -> None:
