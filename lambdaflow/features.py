@@ -184,6 +184,9 @@ class FeatureFunction:
         view, n = w.view, events.num_rows
         key_codes = coder.codes
         states = w.states
+        prior_lookup = _PriorLookup(view, states, prior, coder, w.bucket)
+        if coder.distinct:  # no event has an earlier one of its key here (e.g. /features): the prior state is all
+            return self._prior_only(w, events, key_codes, prior_lookup)
         contrib = _row_states(view, states, events)
         if w.bucket is not None:
             micros = pc.cast(events.column(view.time_column), pa.int64()).to_numpy()
@@ -206,7 +209,6 @@ class FeatureFunction:
             cum[s.name] = (
                 grouped[s.name].cumsum() if kind == "sum" else grouped[s.name].cummin() if kind == "min" else grouped[s.name].cummax()
             ).to_numpy(np.float64)
-        prior_lookup = _PriorLookup(view, states, prior, coder, w.bucket)
         total = {s.name: np.full(n, _IDENTITY[_kind(s)]) for s in states}
         for m in range(w.k):
             target = key_codes * nb + (bidx - m)
@@ -219,11 +221,22 @@ class FeatureFunction:
                 total[s.name] = _combine(kind, _combine(kind, total[s.name], inbatch), from_prior[s.name])
         return {s.name: _finish(_kind(s), total[s.name]) for s in states}
 
+    @staticmethod
+    def _prior_only(w: _Window, events: pa.Table, key_codes: np.ndarray, prior_lookup: _PriorLookup) -> dict[str, np.ndarray]:
+        """Window states from the prior state alone (what the general path computes when no key repeats)."""
+        if w.bucket is not None:
+            bucket = np.floor_divide(pc.cast(events.column(w.view.time_column), pa.int64()).to_numpy(), w.bucket * 1_000_000)
+        else:
+            bucket = np.zeros(events.num_rows, np.int64)
+        shifts = np.arange(w.k)  # every bucket of every row's window in one lookup
+        found = prior_lookup.lookup(np.repeat(key_codes, w.k), (bucket[:, None] - shifts[None, :]).ravel())
+        return {s.name: _finish(_kind(s), _REDUCE[_kind(s)].reduce(found[s.name].reshape(-1, w.k), axis=1)) for s in w.states}
+
 
 def _key_values(column: pa.ChunkedArray) -> np.ndarray:
     """Key values as numpy, nulls as NaN: the way ``pd.factorize(use_na_sentinel=False)`` spells the null key."""
     values = column.to_numpy(zero_copy_only=False)
-    if values.dtype == object:
+    if values.dtype == object and column.null_count:
         values = pd.Series(values, dtype=object).where(pd.notna(values), np.nan).to_numpy()
     return values
 
@@ -240,6 +253,7 @@ class _KeyCoder:
         columns = [_key_values(events.column(k)) for k in keys]
         self._uniques: list[pd.Index] = []
         self._pairs: list[pd.Index] = []
+        self._looked_up: dict[int, tuple[pa.Table, np.ndarray]] = {}
         codes = np.zeros(events.num_rows, np.int64)
         for i, values in enumerate(columns):
             own, uniques = pd.factorize(values, use_na_sentinel=False)
@@ -251,12 +265,22 @@ class _KeyCoder:
             self._pairs.append(pd.Index(pairs))
             codes = paired.astype(np.int64)
         self.codes = codes
+        #: every row has a key of its own
+        self.distinct = len(np.unique(codes)) == len(codes)
         # no history outside the partition key's own null-key rule (module docstring)
         others = [values for key, values in zip(keys, columns) if key != partition_key]
         self.no_history = np.logical_or.reduce([pd.isna(v) for v in others]) if others else np.zeros(events.num_rows, bool)
 
     def lookup(self, rows: pa.Table) -> np.ndarray:
-        """Codes of ``rows``' keys; -1 for a key no event here has."""
+        """Codes of ``rows``' keys; -1 for a key no event here has (remembered: a view's windows share its prior rows)."""
+        cached = self._looked_up.get(id(rows))
+        if cached is not None and cached[0] is rows:
+            return cached[1]
+        codes = self._lookup(rows)
+        self._looked_up[id(rows)] = (rows, codes)
+        return codes
+
+    def _lookup(self, rows: pa.Table) -> np.ndarray:
         codes = np.zeros(rows.num_rows, np.int64)
         for i, key in enumerate(self.keys):
             own = self._uniques[i].get_indexer(_key_values(rows.column(key)))
@@ -270,11 +294,15 @@ class _KeyCoder:
 
 
 class _PriorLookup:
-    """Prior state rows of a view, looked up by (key code, bucket index)."""
+    """Prior state rows of a view, merged per (key code, bucket index) and looked up by binary search.
+
+    Numpy only: ``/features`` computes one vector per request, where pandas' per-call costs would dominate.
+    """
 
     def __init__(self, view: CompiledView, states: list[StateColumn], prior: pa.Table | None, coder: _KeyCoder, bucket: int | None) -> None:
         self.columns = states
-        self.frame: pd.DataFrame | None = None
+        self.slots = np.zeros(0, np.int64)
+        self.values: dict[str, np.ndarray] = {}
         if prior is None or prior.num_rows == 0:
             return
         codes = coder.lookup(prior)
@@ -286,20 +314,33 @@ class _PriorLookup:
             buckets = np.floor_divide(micros, bucket * 1_000_000)
         else:
             buckets = np.zeros(prior.num_rows, np.int64)
-        data = {s.name: _as_float(prior.column(s.name), s) for s in states}
-        frame = pd.DataFrame(data)[keep]
-        frame["__k"], frame["__b"] = codes[keep], buckets[keep]
-        # all-time windows over bucketed views collapse the buckets: merge per key first
-        aggs = {s.name: _kind(s) for s in states}
-        self.frame = frame.groupby(["__k", "__b"], sort=False).agg(aggs)
+        slots = _slot(codes[keep], buckets[keep])
+        order = np.argsort(slots, kind="stable")
+        slots = slots[order]
+        first = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])
+        self.slots = slots[first]
+        # all-time windows over bucketed views collapse the buckets: merge per (key, bucket) first
+        for s in states:
+            values = _as_float(prior.column(s.name), s)[keep][order]
+            self.values[s.name] = _REDUCE[_kind(s)].reduceat(values, first)
 
     def lookup(self, key_codes: np.ndarray, buckets: np.ndarray) -> dict[str, np.ndarray]:
         n = len(key_codes)
-        if self.frame is None:
+        if not len(self.slots):
             return {s.name: np.full(n, _IDENTITY[_kind(s)]) for s in self.columns}
-        index = pd.MultiIndex.from_arrays([key_codes, buckets])
-        found = self.frame.reindex(index)
-        return {s.name: found[s.name].fillna(_IDENTITY[_kind(s)]).to_numpy(np.float64) for s in self.columns}
+        target = _slot(key_codes, buckets)
+        idx = np.clip(np.searchsorted(self.slots, target), 0, len(self.slots) - 1)
+        hit = self.slots[idx] == target
+        return {s.name: np.where(hit, self.values[s.name][idx], _IDENTITY[_kind(s)]) for s in self.columns}
+
+
+#: The numpy reduction of each merge kind.
+_REDUCE = {"sum": np.add, "min": np.minimum, "max": np.maximum}
+
+
+def _slot(codes: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+    """One int64 per (key code, bucket index): codes are row counts, buckets hours or days since 1970 (|b| < 2^31)."""
+    return codes.astype(np.int64) * (1 << 32) + (buckets.astype(np.int64) + (1 << 31))
 
 
 def _kind(s: StateColumn) -> str:

@@ -10,6 +10,8 @@ from lambdaflow.config import ProfileConfig
 from lambdaflow.errors import ConfigError
 
 __all__ = [
+    "FEATURE_CONSISTENCY",
+    "FEATURE_LOG",
     "MASTER_EVENTS",
     "MASTER_LABELS",
     "OFFSET_GAPS",
@@ -40,6 +42,10 @@ PREDICTIONS = "predictions"
 TRAINING_SET = "batch/_training_set"
 #: Kafka offset ranges an operator acknowledged as lost (retention gap, reset topic), one row each.
 OFFSET_GAPS = "offset_gaps"
+#: A sample of the feature vectors the API served (/features, /score), with the point in time they were served at.
+FEATURE_LOG = "serving/feature_log"
+#: Online/offline consistency per run, source and feature (batch_layer/consistency.py).
+FEATURE_CONSISTENCY = "batch/feature_consistency"
 #: One row per completed batch cycle (run id, master version, W, view versions).
 RUNS = "batch/_runs"
 #: Directories under the storage root that hold no table of ours (Spark staging, Delta's log, earlier demo runs, services).

@@ -235,3 +235,11 @@ def test_features_from_views_keyed_by_other_columns_follow_ingest_order(seed: in
         a, b = whole[name].to_numpy(zero_copy_only=False), incremental[name].to_numpy(zero_copy_only=False)
         assert np.allclose(a, b, equal_nan=True, rtol=1e-9), name
     assert np.isnan(whole["mc_top_all"].to_numpy(zero_copy_only=False)[[m is None for m in few]]).all()
+    # one event at a time (as /features and a one-event micro-batch see it): the prior state is all there is
+    for rank in range(0, events.num_rows, 67):
+        i = order[rank]
+        before = master.take(pa.array(order[:rank], pa.int64()))
+        prior = {name: view.merge_arrow([view.partials_arrow(before)]) for name, view in ff.views.items()}
+        one = ff.compute(master.slice(i, 1), prior)
+        for name in ff.names:
+            assert np.isclose(one[name][0].as_py(), whole[name][i].as_py(), equal_nan=True, rtol=1e-9), (i, name)
