@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -50,6 +51,14 @@ class TrainingSetReport:
 
 #: Prefix of the columns that carry a view-key group's features into the final pass (never an event field).
 _SIDE = "__feature__"
+#: Boolean column marking rows that are featurised but add to no state (batch_layer/consistency.py); optional.
+OBSERVER = "__observer"
+
+
+def _observers(table: pa.Table) -> np.ndarray | None:
+    if OBSERVER not in table.column_names:
+        return None
+    return np.asarray(table.column(OBSERVER).fill_null(False).to_numpy(zero_copy_only=False), bool)
 
 
 def _group_partition(
@@ -63,7 +72,7 @@ def _group_partition(
         if not collected:
             return
         table = pa.Table.from_batches(collected)
-        values = FeatureFunction(pipeline).view_values(table, keys=keys)
+        values = FeatureFunction(pipeline).view_values(table, keys=keys, observers=_observers(table))
         columns = {pipeline.events.id_column: table.column(pipeline.events.id_column)}
         columns.update({_SIDE + name: pa.array(v, pa.float64()) for name, v in values.items()})
         yield from pa.table(columns).cast(out_schema).to_batches()
@@ -84,7 +93,7 @@ def _featurize_partition(
             return
         table = pa.Table.from_batches(collected)
         ff = FeatureFunction(pipeline)
-        values = ff.view_values(table, keys=(ev.partition_key,))  # all preceding events of each key are here
+        values = ff.view_values(table, keys=(ev.partition_key,), observers=_observers(table))  # all preceding events of each key are here
         values.update({name: table.column(_SIDE + name).to_numpy(zero_copy_only=False) for name in side})
         features = ff.assemble(table, values)
         ids = [ev.id_column, ev.partition_key, ev.time_column, INGEST_SEQ]

@@ -29,6 +29,9 @@ order. For another key, whose events are spread over partitions, it is the order
 in which micro-batches ingested them, and within one micro-batch partition by
 partition: a fact recorded in every master row, so training replays it exactly,
 but not the order in which the events happened or were produced.
+
+Long because the state rule (in-batch prefix, prior lookup, key coding) is one
+algorithm whose parts must agree exactly; split, they would share private helpers.
 """
 
 from __future__ import annotations
@@ -129,7 +132,11 @@ class FeatureFunction:
         return self.assemble(events, self.view_values(events, prior))
 
     def view_values(
-        self, events: pa.Table, prior: Mapping[str, pa.Table] | None = None, keys: tuple[str, ...] | None = None
+        self,
+        events: pa.Table,
+        prior: Mapping[str, pa.Table] | None = None,
+        keys: tuple[str, ...] | None = None,
+        observers: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """The view features of every row of ``events`` (only those of views keyed by ``keys``, when given).
 
@@ -137,6 +144,8 @@ class FeatureFunction:
             events: valid events; every event of each key read must be here or in ``prior``.
             prior: as for :meth:`compute`.
             keys: one entry of :attr:`key_groups`; None for all view features.
+            observers: rows featurised as if they were events but adding nothing to any state (served
+                vectors replayed offline, batch_layer/consistency.py); None for none.
         """
         spec = self.pipeline.events
         order = position_order(events, spec.time_column, spec.id_column)
@@ -149,7 +158,7 @@ class FeatureFunction:
             if keys is not None and view_keys != keys:
                 continue
             coder = coders.get(view_keys) or coders.setdefault(view_keys, _KeyCoder(events, view_keys, self.key))
-            merged = self._window_states(w, events, pos, coder, (prior or {}).get(name))
+            merged = self._window_states(w, events, pos, coder, (prior or {}).get(name), observers)
             for f in self.pipeline.features:
                 if isinstance(f, ViewFeature) and (f.view, f.window) == (name, window):
                     finalised = w.view.finalize_columns(functools.partial(_column_of, merged), [f.aggregate])[f.aggregate]
@@ -178,7 +187,7 @@ class FeatureFunction:
     # ------------------------------------------------------------------ state
 
     def _window_states(
-        self, w: _Window, events: pa.Table, pos: np.ndarray, coder: _KeyCoder, prior: pa.Table | None
+        self, w: _Window, events: pa.Table, pos: np.ndarray, coder: _KeyCoder, prior: pa.Table | None, observers: np.ndarray | None
     ) -> dict[str, np.ndarray]:
         """Merged state columns per row for one (view, window): prior ⊕ earlier rows, over the window's buckets."""
         view, n = w.view, events.num_rows
@@ -187,7 +196,7 @@ class FeatureFunction:
         prior_lookup = _PriorLookup(view, states, prior, coder, w.bucket)
         if coder.distinct:  # no event has an earlier one of its key here (e.g. /features): the prior state is all
             return self._prior_only(w, events, key_codes, prior_lookup)
-        contrib = _row_states(view, states, events)
+        contrib = _row_states(view, states, events, observers)
         if w.bucket is not None:
             micros = pc.cast(events.column(view.time_column), pa.int64()).to_numpy()
             bucket = np.floor_divide(micros, w.bucket * 1_000_000)
@@ -365,18 +374,19 @@ def _as_float(column: pa.ChunkedArray, s: StateColumn) -> np.ndarray:
     return np.where(np.isnan(values), _IDENTITY[_kind(s)], values)
 
 
-def _row_states(view: CompiledView, states: list[StateColumn], events: pa.Table) -> dict[str, np.ndarray]:
-    """Each row's own contribution to every state column (identity where filtered out or null)."""
+def _row_states(view: CompiledView, states: list[StateColumn], events: pa.Table, observers: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Each row's own contribution to every state column (identity where filtered out, null, or an observer)."""
     n = events.num_rows
-    keep = np.ones(n, bool)
+    keep = np.ones(n, bool) if observers is None else ~observers
     if view.spec.filters:
         # the view's own Arrow predicate, so the filter means the same here as in its partials
         table = pa.table({**{f.column: events.column(f.column) for f in view.spec.filters}, "__i": np.arange(n)})
         kept = table
         for flt in view.spec.filters:
             kept = kept.filter(arrow_predicate(flt, view.event_schema.field(flt.column).type))
-        keep = np.zeros(n, bool)
-        keep[kept.column("__i").to_numpy()] = True
+        passed = np.zeros(n, bool)
+        passed[kept.column("__i").to_numpy()] = True
+        keep &= passed
     out: dict[str, np.ndarray] = {}
     for s in states:
         kind = _kind(s)

@@ -44,6 +44,7 @@ from lambdaflow.scoring import ChampionCache, feature_matrix, predict
 from lambdaflow.validation import RawRecord, Validator
 from lambdaflow.views import compile_views, quote
 from serving_layer.engine import Session, open_session
+from serving_layer.feature_log import FeatureLogger
 from serving_layer.lookups import BadLookup, feature_vectors, freshness, parse_key, probe_event
 from serving_layer.online import OnlineSnapshot
 from serving_layer.refresher import OnlineIndex, ProblemReport, SnapshotUnavailable, table_versions
@@ -165,6 +166,7 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
         "lambdaflow_online_refresh_seconds", "Online index refreshes", ["kind"], registry=metrics, buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30)
     )
     online = OnlineIndex(settings, serving.refresh_seconds, on_refresh=lambda kind, s: refresh_seconds.labels(kind).observe(s))
+    served = FeatureLogger(settings)
     requests = Counter("lambdaflow_api_requests", "API requests", ["endpoint", "status"], registry=metrics)
     latency = Histogram(
         "lambdaflow_api_seconds", "API latency", ["endpoint"], registry=metrics, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -204,11 +206,18 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
                 model_lock.release()
         return models.model
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        yield
+        served.flush()  # what the sample kept since the last flush
+
     app = FastAPI(
         title="Lambdaflow serving API",
         version="0.1.0",
         description="Unified (batch + speed) views, predictions and on-demand scoring. Read-only; no caller-supplied SQL.",
+        lifespan=lifespan,
     )
+    app.state.feature_log = served
 
     @app.exception_handler(SnapshotUnavailable)
     async def unavailable(request: Request, exc: SnapshotUnavailable) -> JSONResponse:
@@ -288,7 +297,9 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
         except BadLookup as exc:
             raise HTTPException(422, str(exc)) from None
         snapshot = online.current()
-        vector = feature_vectors(snapshot, features, event).to_pylist()[0]
+        table = feature_vectors(snapshot, features, event)
+        served.record("features", event, table, snapshot.as_of_seq)
+        vector = table.to_pylist()[0]
         return {"key": {ev.partition_key: key}, "at": at.isoformat(), "features": _jsonable(vector), **freshness(snapshot)}
 
     @app.post("/features", dependencies=[Depends(authorised)])
@@ -304,7 +315,11 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
         except BadLookup as exc:
             raise HTTPException(422, str(exc)) from None
         snapshot = online.current()
-        vectors = feature_vectors(snapshot, features, events).to_pylist() if events is not None else []
+        vectors = []
+        if events is not None:
+            table = feature_vectors(snapshot, features, events)
+            served.record("features", events, table, snapshot.as_of_seq)
+            vectors = table.to_pylist()
         return {"at": at.isoformat(), "features": _jsonable(dict(zip(unique, vectors))), **freshness(snapshot)}
 
     @app.get("/predictions/{event_id}", dependencies=[Depends(authorised)])
@@ -339,7 +354,9 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
         model = champion()
         if model is None:
             raise HTTPException(503, "no champion model has been promoted yet")
-        vector = feature_vectors(online.current(), features, valid)
+        snapshot = online.current()
+        vector = feature_vectors(snapshot, features, valid)
+        served.record("score", valid, vector, snapshot.as_of_seq)
         value = float(predict(model.booster, feature_matrix(vector, model.features))[0])
         threshold = pipeline.model.alert_threshold if pipeline.model else 0.5
         return {

@@ -43,7 +43,7 @@ from lambdaflow.errors import QueryError, TableError
 from lambdaflow.sql import to_duckdb
 from lambdaflow.tables import Snapshot, Table
 from lambdaflow.views import compile_views, quote
-from serving_layer.sql import view_definitions
+from serving_layer.sql import optional_views, view_definitions
 
 __all__ = ["QueryError", "Session", "expected_schemas", "open_session"]
 
@@ -141,6 +141,10 @@ def open_session(settings: Settings) -> Session:
                 con.register(sql_name(name), dataset)
                 session.versions[name] = snap.version
         for view, body in view_definitions(settings.pipeline).items():
+            con.execute(f"CREATE VIEW {quote(view)} AS {to_duckdb(body)}")
+        for view, (table, schema, body) in optional_views().items():
+            if table not in present:
+                con.register(sql_name(table), schema.empty_table())
             con.execute(f"CREATE VIEW {quote(view)} AS {to_duckdb(body)}")
         for statement in LOCKDOWN:
             con.execute(statement)

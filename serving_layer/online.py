@@ -120,6 +120,12 @@ class OnlineSnapshot:
     #: "full" or "speed": how this snapshot was made from the one before
     kind: str = "full"
 
+    @property
+    def as_of_seq(self) -> int:
+        """The newest micro-batch whose rows the snapshot holds: the point in time of what it serves."""
+        marks = [*self.watermarks.values(), *(f for f in self.freshest.values() if f is not None)]
+        return max(marks) if marks else -1
+
 
 def refresh_snapshot(session: Session, views: Mapping[str, CompiledView], previous: OnlineSnapshot | None) -> OnlineSnapshot:
     """The snapshot for ``session``'s table versions, built from ``previous`` when only speed rows were added.

@@ -8,9 +8,12 @@ text after :func:`lambdaflow.sql.to_duckdb`.
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from lambdaflow.config import PipelineConfig
 from lambdaflow.contracts.batch import NO_WATERMARK
-from lambdaflow.contracts.paths import MASTER_LABELS, PREDICTIONS, batch_view, speed_view, sql_name
+from lambdaflow.contracts.consistency import CONSISTENCY_VIEW, consistency_schema, consistency_view_sql
+from lambdaflow.contracts.paths import FEATURE_CONSISTENCY, MASTER_LABELS, PREDICTIONS, batch_view, speed_view, sql_name
 from lambdaflow.schemas import BATCH_WATERMARK, INGEST_SEQ
 from lambdaflow.views import CompiledView, compile_views, quote
 
@@ -87,6 +90,14 @@ def view_definitions(pipeline: PipelineConfig) -> dict[str, str]:
     if perf:
         out["model_performance"] = perf
     return out
+
+
+def optional_views() -> dict[str, tuple[str, pa.Schema, str]]:
+    """Views over tables that exist once a job has run: view → (table, its schema, SELECT text in Trino's dialect).
+
+    The embedded engine reads a missing one as empty; Trino gets the view once the table exists.
+    """
+    return {CONSISTENCY_VIEW: (FEATURE_CONSISTENCY, consistency_schema(), consistency_view_sql())}
 
 
 def create_view_statements(pipeline: PipelineConfig, catalog: str | None = None, schema: str | None = None) -> list[str]:

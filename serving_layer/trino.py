@@ -21,7 +21,7 @@ from lambdaflow.contracts.commits import app_id
 from lambdaflow.contracts.paths import existing_tables, sql_name, table_uri
 from lambdaflow.tables import Table
 from serving_layer.engine import expected_schemas
-from serving_layer.sql import create_view_statements
+from serving_layer.sql import create_view_statements, optional_views
 
 
 def register_statements(settings: Settings) -> list[str]:
@@ -58,6 +58,11 @@ def ddl_statements(settings: Settings) -> list[str]:
     trino = settings.profile.trino
     schema = f'CREATE SCHEMA IF NOT EXISTS "{trino.catalog}"."{trino.schema_}"'
     views = [] if missing_tables(settings) else create_view_statements(settings.pipeline, trino.catalog, trino.schema_)
+    present = dict(existing_tables(settings.profile))
+    prefix = f'"{trino.catalog}"."{trino.schema_}".'
+    views += [
+        f'CREATE OR REPLACE VIEW {prefix}"{view}" AS\n{body}' for view, (table, _, body) in optional_views().items() if table in present
+    ]
     return [schema, *register_statements(settings), *views]
 
 

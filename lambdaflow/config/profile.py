@@ -197,6 +197,14 @@ class ServingConfig(StrictModel):
     port: int = Field(default=8000, gt=0, lt=65536)
     token: str | None = Field(default=None, description="Bearer token required on every endpoint but /health; omit for none.")
     refresh_seconds: float = Field(default=1.0, gt=0, description="How often the API looks for new table versions.")
+    feature_log_sample: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Share of the vectors /features and /score serve that are logged for the online/offline consistency "
+        "check (serving/feature_log); 0 turns logging off.",
+    )
+    feature_log_flush_seconds: float = Field(default=10.0, gt=0, description="How often logged vectors are appended to the log table.")
 
     @field_validator("token", mode="before")
     @classmethod

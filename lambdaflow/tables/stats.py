@@ -165,6 +165,8 @@ def _spark_type(t: pa.DataType) -> str:
     """
     if pa.types.is_decimal(t):
         return f"DECIMAL({t.precision},{t.scale})"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):  # e.g. the feature vectors of predictions
+        return f"ARRAY<{_spark_type(t.value_type)}>"
     for matches, name in _SPARK_TYPES:
         if matches(t):
             return name

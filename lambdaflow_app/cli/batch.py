@@ -97,6 +97,39 @@ def batch_training_set(
     finish(0)
 
 
+def print_consistency_report(report: Any) -> None:
+    """Per source, the features that differ (or all agree), then where the plot is."""
+    for source, results in report.results.items():
+        table = RichTable(title=f"{source}: {report.compared[source]:,} vectors recomputed offline at master v{report.master_version}")
+        for col in ("feature", "mismatch rate", "missing rate", "mean relative error"):
+            table.add_column(col, justify="left" if col == "feature" else "right")
+        for name, r in results.items():
+            mre = r["mean_relative_error"]
+            style = "red" if r["mismatches"] else ""
+            table.add_row(name, f"{r['mismatch_rate']:.2%}", f"{r['missing_rate']:.2%}", "—" if mre is None else f"{mre:.2e}", style=style)
+        console.print(table)
+    verdict = "[green]0 mismatches[/]" if not report.mismatches else f"[red]{report.mismatches:,} mismatching values[/]"
+    console.print(f"online/offline consistency: {verdict}; plot: {report.plot}   ({report.seconds:.1f}s)")
+
+
+@app.command("consistency")
+def batch_consistency(
+    master_version: MasterVersion = None,
+    sample: Annotated[float, typer.Option(min=0, max=1, help="Share of the speed layer's predictions to check.")] = 0.05,
+    max_rows: Annotated[int, typer.Option(min=1, help="Most vectors checked per source.")] = 20_000,
+    fail_on_mismatch: Annotated[bool, typer.Option(help="Exit with 1 when any value differs (for schedulers).")] = False,
+    spark_master: SparkMaster = None,
+) -> None:
+    """Recompute served feature vectors with the training-set code and report per feature how many differ."""
+    from batch_layer.consistency import check_consistency
+
+    spark = start_spark("lambdaflow-consistency", spark_master)
+    with console.status("recomputing served vectors offline…"):
+        report = check_consistency(state.settings(), spark, sample, max_rows, master_version)
+    print_consistency_report(report)
+    finish(1 if fail_on_mismatch and report.mismatches else 0)
+
+
 @app.command("train")
 def batch_train(
     spark_master: SparkMaster = None,
