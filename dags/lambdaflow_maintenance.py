@@ -1,4 +1,5 @@
-"""Operations, scheduled by Airflow: speed-layer health (fails loudly past the profile's thresholds) and serving accuracy."""
+"""Operations, scheduled by Airflow: speed-layer health (fails loudly past the profile's thresholds), serving accuracy,
+and online/offline feature consistency (a Spark job; any served value that differs from its recompute fails it)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from airflow.sdk.exceptions import AirflowFailException
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lambdaflow_spark import spark_task
 
 from lambdaflow.config import load_settings
 
@@ -37,7 +41,7 @@ def serving_accuracy() -> list[dict]:
 
 with DAG(
     dag_id="lambdaflow_maintenance",
-    description="Speed-layer health and serving accuracy per model version",
+    description="Speed-layer health, serving accuracy per model version, online/offline feature consistency",
     schedule=PROFILE.airflow.health_schedule,
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
@@ -47,4 +51,5 @@ with DAG(
 ) as dag:
     health = PythonOperator(task_id="speed_health", python_callable=speed_health)
     accuracy = PythonOperator(task_id="serving_accuracy", python_callable=serving_accuracy)
-    health >> accuracy
+    consistency = spark_task("feature_consistency", "check_consistency.py", "--fail-on-mismatch")
+    health >> [accuracy, consistency]

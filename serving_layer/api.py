@@ -45,7 +45,7 @@ from lambdaflow.validation import RawRecord, Validator
 from lambdaflow.views import compile_views, quote
 from serving_layer.engine import Session, open_session
 from serving_layer.feature_log import FeatureLogger
-from serving_layer.lookups import BadLookup, feature_vectors, freshness, parse_key, probe_event
+from serving_layer.lookups import MAX_BATCH_KEYS, BadLookup, feature_vectors, freshness, parse_key, parse_time, probe_event
 from serving_layer.online import OnlineSnapshot
 from serving_layer.refresher import OnlineIndex, ProblemReport, SnapshotUnavailable, table_versions
 
@@ -291,8 +291,8 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
         function over the entity's unified state: every event of the key so far, windows ending at ``at``.
         """
         params = dict(request.query_params)
-        at = _parse_time(params.pop("at", None))
         try:
+            at = parse_time(params.pop("at", None))
             event = probe_event(pipeline, key, params, at)
         except BadLookup as exc:
             raise HTTPException(422, str(exc)) from None
@@ -308,9 +308,9 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
         keys = body.get("keys")
         if not isinstance(keys, list) or not all(isinstance(k, (str, int)) for k in keys) or len(keys) > MAX_BATCH_KEYS:
             raise HTTPException(422, f'"keys" must be a list of at most {MAX_BATCH_KEYS} strings or integers')
-        at = _parse_time(body.get("at"))
         unique = list(dict.fromkeys(str(k) for k in keys))
         try:
+            at = parse_time(body.get("at"))
             events = pa.concat_tables([probe_event(pipeline, k, {}, at) for k in unique]) if unique else None
         except BadLookup as exc:
             raise HTTPException(422, str(exc)) from None
@@ -368,25 +368,6 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
         }
 
     return app
-
-
-#: Most keys one ``POST /features`` may ask for.
-MAX_BATCH_KEYS = 1000
-
-
-def _parse_time(value: object) -> dt.datetime:
-    """An ISO time from a request (UTC when it has no zone), or now.
-
-    Raises:
-        HTTPException: 422 when it is not an ISO time.
-    """
-    if value is None:
-        return dt.datetime.now(dt.timezone.utc)
-    try:
-        parsed = dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        raise HTTPException(422, f"at={value!r} is not an ISO 8601 time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def _header_bytes(value: str) -> bytes:

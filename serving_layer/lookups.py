@@ -20,7 +20,10 @@ from lambdaflow.schemas import event_schema
 from lambdaflow.views import CompiledView
 from serving_layer.online import Key, OnlineSnapshot
 
-__all__ = ["BadLookup", "feature_vectors", "freshness", "parse_key", "prior_states", "probe_event"]
+__all__ = ["MAX_BATCH_KEYS", "BadLookup", "feature_vectors", "freshness", "parse_key", "parse_time", "prior_states", "probe_event"]
+
+#: Most keys one ``POST /features`` may ask for.
+MAX_BATCH_KEYS = 1000
 
 
 class BadLookup(LambdaflowError, ValueError):
@@ -37,6 +40,21 @@ def _typed(value: str, field: pa.Field) -> object:
         return pa.array([value], pa.string()).cast(field.type).to_pylist()[0]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise BadLookup(f"{field.name}={value!r} is not a {field.type}") from None
+
+
+def parse_time(value: object) -> dt.datetime:
+    """An ISO time from a request (UTC when it has no zone), or now when none is given.
+
+    Raises:
+        BadLookup: it is not an ISO 8601 time.
+    """
+    if value is None:
+        return dt.datetime.now(dt.timezone.utc)
+    try:
+        parsed = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        raise BadLookup(f"at={value!r} is not an ISO 8601 time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def parse_key(view: CompiledView, values: Mapping[str, str]) -> Key:

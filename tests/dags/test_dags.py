@@ -45,7 +45,10 @@ def test_dags_load_without_errors_and_in_order(settings, monkeypatch: pytest.Mon
         assert batch.get_task(upstream).downstream_task_ids == {downstream}
     assert batch.get_task("recompute_views").__class__.__name__ == "SparkSubmitOperator"
     assert batch.default_args["retries"] == settings.profile.airflow.retries
-    assert list(bag.dags["lambdaflow_maintenance"].task_dict) == ["speed_health", "serving_accuracy"]
+    maintenance = bag.dags["lambdaflow_maintenance"]
+    assert list(maintenance.task_dict) == ["speed_health", "serving_accuracy", "feature_consistency"]
+    assert maintenance.get_task("speed_health").downstream_task_ids == {"serving_accuracy", "feature_consistency"}
+    assert maintenance.get_task("feature_consistency").__class__.__name__ == "SparkSubmitOperator"
 
 
 @pytest.fixture(scope="module")
