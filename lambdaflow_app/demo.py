@@ -13,8 +13,10 @@ standalone cluster, Airflow's scheduler, Trino).
    champion, expire;
 5. stream a day of live events (with a few malformed records) — now scored by the champion;
 6. query the unified views (through Trino when the profile's ``sql_engine`` is trino, after
-   ``trino-ddl --apply``), run ``verify`` through the same engine, and print a report; stop what the
-   demo started.
+   ``trino-ddl --apply``), run ``verify`` through the same engine;
+7. serve ``/features`` and ``/score`` over HTTP (loopback), log every vector, recompute them and a
+   sample of the speed layer's predictions offline (``batch_layer/consistency.py``), and print a
+   report; stop what the demo started.
 
 The demo generates sample card transactions, so it runs on a pipeline the
 sample fits (the default ``conf/pipeline.yaml``); everything after producing
@@ -223,6 +225,61 @@ class Demo:
         self.report["verify"] = "zero differences" if ok else "DIFFERENCES FOUND"
         return ok
 
+    def online(self, live: sample_data.SampleData, count: int = 300) -> None:
+        """Serve /features and /score over HTTP on loopback, log every vector, then recompute them all offline."""
+        import threading
+        import urllib.parse
+        import urllib.request
+
+        import uvicorn
+
+        from batch_layer.consistency import check_consistency
+        from lambdaflow.spark import get_spark
+        from serving_layer.api import create_app
+
+        serving = self.settings.profile.serving.model_copy(update={"feature_log_sample": 1.0, "token": None})
+        settings = self.settings.model_copy(update={"profile": self.settings.profile.model_copy(update={"serving": serving})})
+        app = create_app(settings, host="127.0.0.1")
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        while not server.started:
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        ev = settings.pipeline.events
+        rows = live.events.slice(max(live.events.num_rows - count, 0)).to_pylist()
+        try:
+            for i, row in enumerate(rows):
+                if i % 2:  # every other one as /score (the event as it would arrive), the rest as /features
+                    body = producer.encode_row({**row, ev.id_column: f"demo-score-{i}"})
+                    urllib.request.urlopen(urllib.request.Request(f"{base}/score", data=body, method="POST"), timeout=30).read()
+                    continue
+                fields = {
+                    k: str(v).lower() if isinstance(v, bool) else str(v)
+                    for k, v in row.items()
+                    if k not in (ev.id_column, ev.partition_key)
+                }
+                fields["at"] = fields.pop(ev.time_column)
+                key = urllib.parse.quote(str(row[ev.partition_key]), safe="")
+                urllib.request.urlopen(f"{base}/features/{key}?{urllib.parse.urlencode(fields)}", timeout=30).read()
+        finally:
+            server.should_exit = True
+        logged = app.state.feature_log.flush()
+        console.print(f"  {len(rows):,} vectors served over HTTP at {base} ({logged:,} logged; the rest on shutdown)")
+        spark = get_spark(settings.profile.spark, app_name="lambdaflow-consistency")
+        report = check_consistency(settings, spark, sample=0.05)
+        for source, n in sorted(report.compared.items()):
+            differing = sorted(f for f, r in report.results[source].items() if r["mismatches"])
+            console.print(
+                f"  {source:<12} {n:>7,} vectors recomputed offline: "
+                + (f"[red]differ in {differing}[/]" if differing else "[green]all equal[/]")
+            )
+        console.print(f"  table batch/feature_consistency (SQL view feature_consistency); plot: {report.plot}")
+        self.report["consistency"] = (
+            f"{report.mismatches} mismatching values over "
+            + ", ".join(f"{n:,} {s}" for s, n in sorted(report.compared.items()))
+            + " vectors recomputed offline"
+        )
+
     def run(self, keep_services: bool) -> bool:
         profile = self.settings.profile
         started = time.monotonic()
@@ -250,9 +307,10 @@ class Demo:
             self.stage("   … scored by the champion as they arrive", lambda: self.speed(live.events.num_rows + live.labels.num_rows + 40))
             self.stage("6. unified views through SQL", self.queries)
             ok = self.stage("7. verify: every unified view against a from-scratch recompute", self.verify)
+            self.stage("8. online: /features and /score over HTTP, then online/offline consistency (Spark)", lambda: self.online(live))
         finally:
             if not keep_services and not already:
-                self.stage("8. stop the services this demo started", lambda: services.down(profile))
+                self.stage("9. stop the services this demo started", lambda: services.down(profile))
         self._summary(time.monotonic() - started)
         return ok
 
@@ -299,6 +357,7 @@ class Demo:
         if r.get("freshness_s") is not None:
             table.add_row("freshness", f"newest event ingested {r['freshness_s']:.0f}s ago")
         table.add_row("verify", r.get("verify", "not run"))
+        table.add_row("online/offline consistency", r.get("consistency", "not run"))
         table.add_row("tables", self.settings.profile.storage.uri)
         table.add_row("took", f"{seconds / 60:.1f} min")
         console.print(table)
