@@ -196,9 +196,12 @@ def _plot(settings: Settings, report: ConsistencyReport) -> str:
         for ax, measure in zip(axes, ("mismatch_rate", "missing_rate")):
             values = [report.results[source][n][measure] or 0.0 for n in names]
             ax.barh(y + k * height, values, height, label=f"{source} ({report.compared[source]:,})")
+    worst = max(
+        (r[m] or 0.0 for res in report.results.values() for r in res.values() for m in ("mismatch_rate", "missing_rate")), default=0.0
+    )
     for ax, title in zip(axes, ("mismatch rate", "missing rate")):
         ax.set_title(title)
-        ax.set_xlim(0, 1)
+        ax.set_xlim(0, max(0.05, min(1.0, worst * 1.1)))  # a 1% skew must show, not vanish on a 0..1 axis
         ax.set_yticks(y + 0.4 - height / 2, names)
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"online/offline consistency, master v{report.master_version}, {report.checked_at}: {report.mismatches} mismatches")

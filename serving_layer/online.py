@@ -174,8 +174,7 @@ def _with_speed_rows(
             freshest[name] = _freshest(session, view)
             continue
         touched = sorted(set(zip(*(new.column(k).to_pylist() for k in view.spec.keys))), key=repr)
-        current = [index.states(key) for key in touched]
-        partials = pa.concat_tables([t.cast(view.state_schema) for t in [*current, new.cast(view.state_schema)]])
+        partials = pa.concat_tables([*_current_states(index, touched), new.cast(view.state_schema)])
         changed = _merge_small(session, view, partials)
         overlay = dict(index.overlay)
         for key, (start, stop) in changed.spans.items():
@@ -197,6 +196,16 @@ def _merge_small(session: Session, view: CompiledView, partials: pa.Table) -> _R
     finally:
         con.close()
     return _Rows.of(view, states.cast(view.state_schema), rows.cast(view.result_schema))
+
+
+def _current_states(index: ViewIndex, keys: Sequence[Key]) -> list[pa.Table]:
+    """The merged state rows of ``keys`` held now: overlay tables as they are, base rows in one ``take``."""
+    overlaid = [index.overlay[k][0] for k in keys if k in index.overlay]
+    spans = [index.base.spans[k] for k in keys if k not in index.overlay and k in index.base.spans]
+    if not spans:
+        return overlaid
+    rows = np.concatenate([np.arange(a, b) for a, b in spans])
+    return [*overlaid, index.base.states.take(pa.array(rows, pa.int64()))]
 
 
 def _scratch() -> Any:
