@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import sqlglot
 
 #: The dialect every generated statement is written in.
@@ -20,6 +22,7 @@ def parse_trino(sql: str) -> sqlglot.exp.Expr:
     return parsed
 
 
+@functools.lru_cache(maxsize=512)
 def to_duckdb(sql: str) -> str:
-    """The same statement in DuckDB's dialect."""
+    """The same statement in DuckDB's dialect (remembered: every engine session transpiles the same views)."""
     return sqlglot.transpile(sql, read=DIALECT, write="duckdb")[0]

@@ -161,40 +161,48 @@ def _with_speed_rows(
 ) -> OnlineSnapshot:
     """``previous`` with the speed partials committed since merged into the keys they touch."""
     out, freshest = dict(previous.views), dict(previous.freshest)
-    for name, view in views.items():
-        seen = max(marks[name], previous.freshest[name] or marks[name])
-        speed = quote(sql_name(speed_view(name)))
-        columns = ", ".join(quote(c) for c in view.state_schema.names)
-        new = session.connection.sql(f"SELECT {columns} FROM {speed} WHERE {quote(INGEST_SEQ)} > {int(seen)}").to_arrow_table()
-        if new.num_rows == 0:
-            continue
-        index = previous.views[name]
-        if _overlay_full(index):  # this view only: a small view touched all over is cheaper to rebuild than to patch
-            out[name] = ViewIndex(view, _full(session, view))
-            freshest[name] = _freshest(session, view)
-            continue
-        touched = sorted(set(zip(*(new.column(k).to_pylist() for k in view.spec.keys))), key=repr)
-        partials = pa.concat_tables([*_current_states(index, touched), new.cast(view.state_schema)])
-        changed = _merge_small(session, view, partials)
-        overlay = dict(index.overlay)
-        for key, (start, stop) in changed.spans.items():
-            overlay[key] = (changed.states.slice(start, stop - start), changed.rows.slice(start, stop - start))
-        out[name] = ViewIndex(view, index.base, overlay)
-        freshest[name] = _freshest(session, view)
+    scratch = _scratch()  # one private connection for this refresh's merges (the session's is locked down and shared)
+    try:
+        for name, view in views.items():
+            changed = _speed_rows_of(session, scratch, view, previous, marks[name])
+            if changed is not None:
+                out[name], freshest[name] = changed
+    finally:
+        scratch.close()
     return OnlineSnapshot(out, dict(session.versions), marks, freshest, "speed")
 
 
-def _merge_small(session: Session, view: CompiledView, partials: pa.Table) -> _Rows:
-    """Merge and finalise a few keys' partial rows with the serving SQL, on a private connection."""
-    con = _scratch()
-    try:
-        con.register("partials", partials)
-        order = ", ".join(quote(c) for c in view.group_columns)
-        merged = view.merge_sql('SELECT * FROM "partials"')
-        states = con.sql(f"SELECT * FROM ({to_duckdb(merged)}) AS m ORDER BY {order}").to_arrow_table()
-        rows = con.sql(f"SELECT * FROM ({to_duckdb(view.finalize_sql(merged))}) AS f ORDER BY {order}").to_arrow_table()
-    finally:
-        con.close()
+def _speed_rows_of(
+    session: Session, scratch: Any, view: CompiledView, previous: OnlineSnapshot, mark: int
+) -> tuple[ViewIndex, int | None] | None:
+    """One view's index with its speed partials since ``previous`` merged in; None when it has none."""
+    name = view.name
+    seen = max(mark, previous.freshest[name] or mark)
+    speed = quote(sql_name(speed_view(name)))
+    columns = ", ".join(quote(c) for c in view.state_schema.names)
+    new = session.connection.sql(f"SELECT {columns} FROM {speed} WHERE {quote(INGEST_SEQ)} > {int(seen)}").to_arrow_table()
+    if new.num_rows == 0:
+        return None
+    index = previous.views[name]
+    if _overlay_full(index):  # this view only: a small view touched all over is cheaper to rebuild than to patch
+        return ViewIndex(view, _full(session, view)), _freshest(session, view)
+    touched = sorted(set(zip(*(new.column(k).to_pylist() for k in view.spec.keys))), key=repr)
+    partials = pa.concat_tables([*_current_states(index, touched), new.cast(view.state_schema)])
+    changed = _merge_small(scratch, view, partials)
+    overlay = dict(index.overlay)
+    for key, (start, stop) in changed.spans.items():
+        overlay[key] = (changed.states.slice(start, stop - start), changed.rows.slice(start, stop - start))
+    return ViewIndex(view, index.base, overlay), _freshest(session, view)
+
+
+def _merge_small(con: Any, view: CompiledView, partials: pa.Table) -> _Rows:
+    """Merge and finalise a few keys' partial rows with the serving SQL, on the refresh's private connection."""
+    con.register("partials", partials)
+    order = ", ".join(quote(c) for c in view.group_columns)
+    merged = view.merge_sql('SELECT * FROM "partials"')
+    states = con.sql(f"SELECT * FROM ({to_duckdb(merged)}) AS m ORDER BY {order}").to_arrow_table()
+    rows = con.sql(f"SELECT * FROM ({to_duckdb(view.finalize_sql(merged))}) AS f ORDER BY {order}").to_arrow_table()
+    con.unregister("partials")
     return _Rows.of(view, states.cast(view.state_schema), rows.cast(view.result_schema))
 
 
