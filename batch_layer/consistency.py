@@ -10,7 +10,7 @@ speed layer's predictions (each stores the vector it scored with). Offline, ever
   events up to ``as_of_seq``.
 
 Per source and feature: the mismatch rate (not equal to 1e-9 relative), the missing rate (missing online,
-present offline) and the mean relative error. They go to ``batch/feature_consistency`` (SQL view
+present offline) and the mean relative error. They go to ``serving/feature_consistency`` (SQL view
 ``feature_consistency``: the latest run), a plot, and a Prometheus text file for node_exporter.
 """
 
@@ -29,7 +29,15 @@ import pyarrow.compute as pc
 from batch_layer.training import OBSERVER, featurize
 from lambdaflow import storage
 from lambdaflow.config import Settings
-from lambdaflow.contracts.consistency import LOG_ID, compare, consistency_schema, results_rows
+from lambdaflow.contracts.consistency import (
+    DEFAULT_MAX_ROWS,
+    DEFAULT_SAMPLE,
+    LOG_ID,
+    compare,
+    consistency_schema,
+    feature_fingerprint,
+    results_rows,
+)
 from lambdaflow.contracts.master import events_table, first_copies_spark
 from lambdaflow.contracts.paths import FEATURE_CONSISTENCY, FEATURE_LOG, PREDICTIONS, local_home, table_uri
 from lambdaflow.features import FeatureFunction
@@ -39,7 +47,7 @@ from lambdaflow.tables import Table, TableMissingError
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["ConsistencyReport", "check_consistency", "METRICS_FILE", "PLOT_FILE"]
+__all__ = ["METRICS_FILE", "PLOT_FILE", "ConsistencyReport", "check_consistency"]
 
 #: Under the storage root's file area (storage.files).
 PLOT_FILE = "plots/feature-consistency.png"
@@ -53,6 +61,8 @@ class ConsistencyReport:
     checked_at: str
     compared: dict[str, int]
     mismatches: int
+    #: per source: vectors left out because they were served under another feature list (a pipeline change)
+    skipped: dict[str, int] = field(default_factory=dict)
     #: per source, per feature: the measures of :func:`lambdaflow.contracts.consistency.compare`
     results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     plot: str | None = None
@@ -60,7 +70,11 @@ class ConsistencyReport:
 
 
 def check_consistency(
-    settings: Settings, spark: SparkSession, sample: float = 0.05, max_rows: int = 20_000, master_version: int | None = None
+    settings: Settings,
+    spark: SparkSession,
+    sample: float = DEFAULT_SAMPLE,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    master_version: int | None = None,
 ) -> ConsistencyReport:
     """Recompute a sample of served vectors offline and write the measures (see the module docstring).
 
@@ -82,20 +96,25 @@ def check_consistency(
     events = first_copies_spark(snap.to_spark(spark), ev.id_column, ev.time_column)
     top = int(events.agg({INGEST_SEQ: "max"}).collect()[0][0] or -1)
     served: dict[str, tuple[list[str], np.ndarray]] = {}
-    predicted = _predictions(settings, spark, sample, max_rows, top)
+    skipped: dict[str, int] = {}
+    predicted = _predictions(settings, spark, sample, max_rows, top, skipped)
     if predicted is not None:
         served["predictions"] = predicted
-    logged, probes = _logged(settings, max_rows, top)
+    logged, probes = _logged(settings, max_rows, top, skipped)
     served.update(logged)
-    rows = events.withColumn(OBSERVER, _false())
+    wanted = sorted({i for ids, _ in served.values() for i in ids})
+    interest = events.join(_ids(spark, wanted, ev.id_column), ev.id_column, "left_semi")
+    frame = None
     if probes is not None:
         from pyspark.sql.pandas.types import from_arrow_schema
 
         frame = spark.createDataFrame(probes.to_pandas(), schema=from_arrow_schema(probes.schema))
+        interest = interest.unionByName(frame.drop(OBSERVER), allowMissingColumns=True)
+    rows = _restrict(events, interest, [(ev.partition_key,), *ff.key_groups], ev.id_column).withColumn(OBSERVER, _false())
+    if frame is not None:
         rows = rows.unionByName(frame, allowMissingColumns=True)
-    wanted = sorted({i for ids, _ in served.values() for i in ids})
-    offline = _offline(spark, featurize(settings, rows), ev.id_column, wanted, ff.names)
-    checked_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    offline = _offline(featurize(settings, rows), ev.id_column, _ids(spark, wanted, ev.id_column), ff.names)
+    checked_at = dt.datetime.now(dt.timezone.utc)
     triples = []
     for source, (ids, matrix) in sorted(served.items()):
         index = offline.reindex(ids)
@@ -110,6 +129,7 @@ def check_consistency(
         checked_at.isoformat(),
         {s: len(ids) for s, (ids, _) in served.items()},
         sum(int(r["mismatches"] or 0) for _, _, r in triples),
+        skipped,
         {s: {f: r for s2, f, r in triples if s2 == s} for s in served},
     )
     if triples:
@@ -125,7 +145,9 @@ def _false() -> Any:
     return F.lit(False)
 
 
-def _predictions(settings: Settings, spark: SparkSession, sample: float, max_rows: int, top: int) -> tuple[list[str], np.ndarray] | None:
+def _predictions(
+    settings: Settings, spark: SparkSession, sample: float, max_rows: int, top: int, skipped: dict[str, int]
+) -> tuple[list[str], np.ndarray] | None:
     """A hash-chosen sample of the speed layer's predictions (event ids, vectors) of micro-batches up to ``top``."""
     from pyspark.sql import functions as F
 
@@ -136,6 +158,11 @@ def _predictions(settings: Settings, spark: SparkSession, sample: float, max_row
     frame = table.snapshot().to_spark(spark).where(F.col(INGEST_SEQ) <= top)
     chosen = frame.where(F.abs(F.xxhash64(F.col(id_column))) % 10_000 < int(sample * 10_000))
     picked = chosen.select(id_column, "features").limit(max_rows).toArrow()
+    # predictions keep no feature names: a vector of another length was scored under another feature list
+    fits = pc.equal(pc.list_value_length(picked.column("features")), len(FeatureFunction(settings.pipeline).names))
+    picked = picked.filter(fits)
+    if picked.num_rows < len(fits):
+        skipped["predictions"] = len(fits) - picked.num_rows
     if picked.num_rows == 0:
         return None
     # one prediction per event is the speed layer's contract; keep the first should a table break it
@@ -144,12 +171,18 @@ def _predictions(settings: Settings, spark: SparkSession, sample: float, max_row
     return [str(i) for i in ids], vectors
 
 
-def _logged(settings: Settings, max_rows: int, top: int) -> tuple[dict[str, tuple[list[str], np.ndarray]], pa.Table | None]:
+def _logged(
+    settings: Settings, max_rows: int, top: int, skipped: dict[str, int]
+) -> tuple[dict[str, tuple[list[str], np.ndarray]], pa.Table | None]:
     """The API's logged vectors served at or before ``top`` (per source), and their events as observer rows."""
     table = Table(table_uri(settings.profile, FEATURE_LOG))
     if not table.exists():
         return {}, None
     log = table.snapshot().to_arrow(filter=pc.field("as_of_seq") <= top)
+    current = pc.equal(log.column("feature_list"), feature_fingerprint(FeatureFunction(settings.pipeline).names))
+    for source, n in zip(*np.unique(np.asarray(log.filter(pc.invert(current)).column("source").to_pylist(), object), return_counts=True)):
+        skipped[str(source)] = int(n)
+    log = log.filter(current)
     if log.num_rows == 0:
         return {}, None
     log = log.sort_by([("logged_at", "descending")]).slice(0, max_rows * 2)
@@ -168,14 +201,41 @@ def _logged(settings: Settings, max_rows: int, top: int) -> tuple[dict[str, tupl
     return out, pa.table(columns)
 
 
-def _offline(spark: SparkSession, features: DataFrame, id_column: str, ids: list[str], names: list[str]) -> Any:
-    """The recomputed vectors of ``ids`` as a pandas frame indexed by id."""
+def _ids(spark: SparkSession, ids: list[str], id_column: str) -> DataFrame:
+    """A one-column frame of ``ids`` (small: at most ``max_rows`` per source)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    schema = StructType([StructField(id_column, StringType(), False)])
+    return F.broadcast(spark.createDataFrame([(i,) for i in ids], schema))
+
+
+def _restrict(events: DataFrame, interest: DataFrame, groups: list[tuple[str, ...]], id_column: str) -> DataFrame:
+    """The events the vectors of ``interest`` depend on: every event sharing a view key with one of them.
+
+    Featurising these alone gives each vector of interest exactly what all of master would (its keys' whole
+    histories are here); other rows come out wrong and are never read. The check then costs the sampled
+    keys' histories, not a pass over all of master.
+    """
     from pyspark.sql import functions as F
 
-    wanted = spark.createDataFrame([(i,) for i in ids], [f"__{id_column}"]) if ids else None
-    chosen = features.select(id_column, *names).limit(0)
-    if wanted is not None:
-        chosen = features.join(F.broadcast(wanted), features[id_column] == wanted[f"__{id_column}"]).select(id_column, *names)
+    parts = []
+    for keys in dict.fromkeys(groups):
+        wanted = F.broadcast(interest.select(*[F.col(k).alias(f"__{k}") for k in keys]).distinct())
+        match = None
+        for k in keys:  # null-safe: a null partition key is a key of its own (events.null_keys: key)
+            term = events[k].eqNullSafe(wanted[f"__{k}"])
+            match = term if match is None else match & term
+        parts.append(events.join(wanted, match, "left_semi"))
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part)
+    return out.dropDuplicates([id_column]) if len(parts) > 1 else out
+
+
+def _offline(features: DataFrame, id_column: str, wanted: DataFrame, names: list[str]) -> Any:
+    """The recomputed vectors of the ``wanted`` ids as a pandas frame indexed by id."""
+    chosen = features.join(wanted, id_column, "left_semi").select(id_column, *names)
     frame: Any = chosen.toPandas()
     return frame.set_index(id_column)
 

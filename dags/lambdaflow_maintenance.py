@@ -52,4 +52,6 @@ with DAG(
     health = PythonOperator(task_id="speed_health", python_callable=speed_health)
     accuracy = PythonOperator(task_id="serving_accuracy", python_callable=serving_accuracy)
     consistency = spark_task("feature_consistency", "check_consistency.py", "--fail-on-mismatch")
+    # a Spark job over the sampled keys' histories: the batch cycle's task timeout, not the health checks' 10 minutes
+    consistency.execution_timeout = dt.timedelta(seconds=PROFILE.airflow.task_timeout)
     health >> [accuracy, consistency]

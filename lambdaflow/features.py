@@ -239,7 +239,9 @@ class FeatureFunction:
             bucket = np.zeros(events.num_rows, np.int64)
         shifts = np.arange(w.k)  # every bucket of every row's window in one lookup
         found = prior_lookup.lookup(np.repeat(key_codes, w.k), (bucket[:, None] - shifts[None, :]).ravel())
-        return {s.name: _finish(_kind(s), _REDUCE[_kind(s)].reduce(found[s.name].reshape(-1, w.k), axis=1)) for s in w.states}
+        # accumulate, not reduce: buckets added one after another, in the general path's order (reduce sums
+        # pairwise, which rounds differently in the last bits)
+        return {s.name: _finish(_kind(s), _REDUCE[_kind(s)].accumulate(found[s.name].reshape(-1, w.k), axis=1)[:, -1]) for s in w.states}
 
 
 def _key_values(column: pa.ChunkedArray) -> np.ndarray:

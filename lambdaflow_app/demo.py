@@ -58,6 +58,7 @@ class Demo:
         self.days = days
         self.live_events = live_events
         self.report: dict[str, Any] = {}
+        self.consistent = True
         self.bootstrap: list[str] = []
 
     def stage(self, title: str, fn: Callable[[], Any]) -> Any:
@@ -236,31 +237,30 @@ class Demo:
         from batch_layer.consistency import check_consistency
         from lambdaflow.spark import get_spark
         from serving_layer.api import create_app
+        from serving_layer.lookups import query_fields
 
         serving = self.settings.profile.serving.model_copy(update={"feature_log_sample": 1.0, "token": None})
         settings = self.settings.model_copy(update={"profile": self.settings.profile.model_copy(update={"serving": serving})})
         app = create_app(settings, host="127.0.0.1")
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        threading.Thread(target=server.run, daemon=True).start()
-        while not server.started:
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started and thread.is_alive():
             time.sleep(0.05)
+        if not server.started:
+            raise ConfigError("the API did not start on 127.0.0.1 (its error is above)")
         base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
         ev = settings.pipeline.events
         rows = live.events.slice(max(live.events.num_rows - count, 0)).to_pylist()
         try:
             for i, row in enumerate(rows):
-                if i % 2:  # every other one as /score (the event as it would arrive), the rest as /features
+                if i % 2 and self.report.get("model"):  # every other one as /score (needs a champion), the rest as /features
                     body = producer.encode_row({**row, ev.id_column: f"demo-score-{i}"})
                     urllib.request.urlopen(urllib.request.Request(f"{base}/score", data=body, method="POST"), timeout=30).read()
                     continue
-                fields = {
-                    k: str(v).lower() if isinstance(v, bool) else str(v)
-                    for k, v in row.items()
-                    if k not in (ev.id_column, ev.partition_key)
-                }
-                fields["at"] = fields.pop(ev.time_column)
                 key = urllib.parse.quote(str(row[ev.partition_key]), safe="")
-                urllib.request.urlopen(f"{base}/features/{key}?{urllib.parse.urlencode(fields)}", timeout=30).read()
+                query = urllib.parse.urlencode(query_fields(settings.pipeline, row))
+                urllib.request.urlopen(f"{base}/features/{key}?{query}", timeout=30).read()
         finally:
             server.should_exit = True
         logged = app.state.feature_log.flush()
@@ -273,12 +273,10 @@ class Demo:
                 f"  {source:<12} {n:>7,} vectors recomputed offline: "
                 + (f"[red]differ in {differing}[/]" if differing else "[green]all equal[/]")
             )
-        console.print(f"  table batch/feature_consistency (SQL view feature_consistency); plot: {report.plot}")
-        self.report["consistency"] = (
-            f"{report.mismatches} mismatching values over "
-            + ", ".join(f"{n:,} {s}" for s, n in sorted(report.compared.items()))
-            + " vectors recomputed offline"
-        )
+        console.print(f"  table serving/feature_consistency (SQL view feature_consistency); plot: {report.plot}")
+        self.consistent = not report.mismatches
+        checked = ", ".join(f"{n:,} {s}" for s, n in sorted(report.compared.items()))
+        self.report["consistency"] = f"{report.mismatches} mismatching values over {checked} vectors recomputed offline"
 
     def run(self, keep_services: bool) -> bool:
         profile = self.settings.profile
@@ -308,6 +306,7 @@ class Demo:
             self.stage("6. unified views through SQL", self.queries)
             ok = self.stage("7. verify: every unified view against a from-scratch recompute", self.verify)
             self.stage("8. online: /features and /score over HTTP, then online/offline consistency (Spark)", lambda: self.online(live))
+            ok = ok and self.consistent
         finally:
             if not keep_services and not already:
                 self.stage("9. stop the services this demo started", lambda: services.down(profile))

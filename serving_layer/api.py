@@ -214,7 +214,8 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
     app = FastAPI(
         title="Lambdaflow serving API",
         version="0.1.0",
-        description="Unified (batch + speed) views, predictions and on-demand scoring. Read-only; no caller-supplied SQL.",
+        description="Unified (batch + speed) views, feature vectors, predictions and on-demand scoring. No caller-supplied SQL; "
+        "the only write is a sample of served vectors to serving/feature_log (serving.feature_log_sample: 0 turns it off).",
         lifespan=lifespan,
     )
     app.state.feature_log = served

@@ -59,11 +59,16 @@ class FeatureLogger:
         with self._lock:
             self._rows.append(rows)
             self._held += rows.num_rows
-            while self._held > MAX_BUFFERED and len(self._rows) > 1:
-                oldest = self._rows.pop(0)
-                self._held -= oldest.num_rows
-                self.dropped += oldest.num_rows
-        self._start()
+            self._trim()
+            if self._thread is None:
+                self._start()
+
+    def _trim(self) -> None:
+        """Drop the oldest rows past :data:`MAX_BUFFERED` (counted in ``dropped``); the caller holds the lock."""
+        while self._held > MAX_BUFFERED and len(self._rows) > 1:
+            oldest = self._rows.pop(0)
+            self._held -= oldest.num_rows
+            self.dropped += oldest.num_rows
 
     def flush(self) -> int:
         """Append what is held in one commit; returns the rows written (0 when none, or on failure, kept for the next try)."""
@@ -80,12 +85,12 @@ class FeatureLogger:
             with self._lock:
                 self._rows[:0] = rows
                 self._held += held
+                self._trim()
             return 0
         return held
 
     def _start(self) -> None:
-        if self._thread is not None:
-            return
+        """Start the flushing thread (the caller holds the lock, so only one ever starts)."""
         ref = weakref.ref(self)
         interval = self.interval
 

@@ -20,7 +20,17 @@ from lambdaflow.schemas import event_schema
 from lambdaflow.views import CompiledView
 from serving_layer.online import Key, OnlineSnapshot
 
-__all__ = ["MAX_BATCH_KEYS", "BadLookup", "feature_vectors", "freshness", "parse_key", "parse_time", "prior_states", "probe_event"]
+__all__ = [
+    "MAX_BATCH_KEYS",
+    "BadLookup",
+    "feature_vectors",
+    "freshness",
+    "parse_key",
+    "parse_time",
+    "prior_states",
+    "probe_event",
+    "query_fields",
+]
 
 #: Most keys one ``POST /features`` may ask for.
 MAX_BATCH_KEYS = 1000
@@ -94,6 +104,18 @@ def probe_event(pipeline: PipelineConfig, key: str, fields: Mapping[str, str], a
         else:
             values[f.name] = [_typed(given[f.name], f) if f.name in given else None]
     return pa.table(values, schema=schema)
+
+
+def query_fields(pipeline: PipelineConfig, event: Mapping[str, object]) -> dict[str, str]:
+    """An event as the query parameters of ``GET /features/{key}``: every field as text, its time as ``at``.
+
+    The inverse of :func:`probe_event` and :func:`parse_time` (booleans as ``true``/``false``); the id and the
+    partition key are left out (the key goes in the path).
+    """
+    ev = pipeline.events
+    out = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in event.items() if k not in (ev.id_column, ev.partition_key)}
+    out["at"] = out.pop(ev.time_column)
+    return out
 
 
 def freshness(snapshot: OnlineSnapshot) -> dict[str, dict[str, int | None]]:

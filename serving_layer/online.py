@@ -44,7 +44,7 @@ from lambdaflow.views import CompiledView, quote
 from serving_layer.engine import Session
 from serving_layer.sql import partial_rows_sql, watermark_sql
 
-__all__ = ["OVERLAY_LIMIT", "Key", "OnlineSnapshot", "ViewIndex", "refresh_snapshot"]
+__all__ = ["OVERLAY_LIMIT", "Key", "OnlineSnapshot", "ViewIndex", "at_one_micro_batch", "indexed_versions", "refresh_snapshot"]
 
 #: A key: the values of a view's key columns, in declaration order.
 Key = tuple[Any, ...]
@@ -125,6 +125,24 @@ class OnlineSnapshot:
         """The newest micro-batch whose rows the snapshot holds: the point in time of what it serves."""
         marks = [*self.watermarks.values(), *(f for f in self.freshest.values() if f is not None)]
         return max(marks) if marks else -1
+
+
+def indexed_versions(versions: Mapping[str, int], views: Mapping[str, CompiledView]) -> dict[str, int]:
+    """The versions of the tables the index reads (not, e.g., the feature log the API itself appends to)."""
+    read = {t for name in views for t in (batch_view(name), speed_view(name))}
+    return {name: v for name, v in versions.items() if name in read}
+
+
+def at_one_micro_batch(session: Session, views: Mapping[str, CompiledView]) -> bool:
+    """True when the session read every speed view at the same micro-batch.
+
+    The speed layer commits its views one after another; a session opened in between holds one view a batch
+    ahead of another, and a vector served from it would mix two points in time (the consistency check would
+    rightly report it). Every view gets a commit per micro-batch, empty or not, so their transaction
+    versions agree once the batch is complete.
+    """
+    seqs = {session.speed_seq[speed_view(name)] for name in views if speed_view(name) in session.speed_seq}
+    return len(seqs) <= 1
 
 
 def refresh_snapshot(session: Session, views: Mapping[str, CompiledView], previous: OnlineSnapshot | None) -> OnlineSnapshot:

@@ -14,6 +14,7 @@ import json
 from batch_layer.consistency import check_consistency
 from batch_layer.jobs import finish
 from lambdaflow.config import load_settings
+from lambdaflow.contracts.consistency import DEFAULT_MAX_ROWS, DEFAULT_SAMPLE
 from lambdaflow.spark import get_spark
 
 
@@ -23,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline")
     parser.add_argument("--master", dest="spark_master")
     parser.add_argument("--master-version", type=int)
-    parser.add_argument("--sample", type=float, default=0.05)
-    parser.add_argument("--max-rows", type=int, default=20_000)
+    parser.add_argument("--sample", type=float, default=DEFAULT_SAMPLE)
+    parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS)
     parser.add_argument("--fail-on-mismatch", action="store_true")
     args = parser.parse_args(argv)
     settings = load_settings(args.profile, args.pipeline)

@@ -13,6 +13,7 @@ in ingest order, seeing every master event up to it and none after.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from collections.abc import Sequence
 from typing import Literal
@@ -26,11 +27,14 @@ from lambdaflow.schemas import event_schema
 
 __all__ = [
     "CONSISTENCY_VIEW",
+    "DEFAULT_MAX_ROWS",
+    "DEFAULT_SAMPLE",
     "LOG_ID",
     "Source",
     "compare",
     "consistency_schema",
     "consistency_view_sql",
+    "feature_fingerprint",
     "feature_log_rows",
     "feature_log_schema",
     "results_rows",
@@ -39,6 +43,10 @@ __all__ = [
 #: Where a served vector came from: the API's two online paths, or the speed layer's predictions.
 Source = Literal["features", "score", "predictions"]
 
+#: Share of the speed layer's predictions the consistency check takes per run, by default.
+DEFAULT_SAMPLE = 0.05
+#: Most vectors the consistency check takes per source and run, by default.
+DEFAULT_MAX_ROWS = 20_000
 #: The log row's own id (a served event may carry no id, or one that master will also hold).
 LOG_ID = "log_id"
 #: The SQL view of the latest run's results.
@@ -55,10 +63,16 @@ def feature_log_schema(pipeline: PipelineConfig) -> pa.Schema:
             pa.field("logged_at", _UTC, False),
             pa.field("source", pa.string(), False),
             pa.field("as_of_seq", pa.int64(), False),
+            pa.field("feature_list", pa.string(), False),
             *given,
             pa.field("features", pa.list_(pa.float64()), False),
         ]
     )
+
+
+def feature_fingerprint(names: Sequence[str]) -> str:
+    """A short digest of the feature names in order: vectors are compared only under the list they were served with."""
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
 def feature_log_rows(
@@ -74,6 +88,7 @@ def feature_log_rows(
         "logged_at": pa.array([when] * n, _UTC),
         "source": pa.array([source] * n, pa.string()),
         "as_of_seq": pa.array([as_of_seq] * n, pa.int64()),
+        "feature_list": pa.array([feature_fingerprint(features.column_names)] * n, pa.string()),
     }
     for field in schema:
         if field.name not in columns and field.name != "features":

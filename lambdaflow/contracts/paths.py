@@ -44,8 +44,9 @@ TRAINING_SET = "batch/_training_set"
 OFFSET_GAPS = "offset_gaps"
 #: A sample of the feature vectors the API served (/features, /score), with the point in time they were served at.
 FEATURE_LOG = "serving/feature_log"
-#: Online/offline consistency per run, source and feature (batch_layer/consistency.py).
-FEATURE_CONSISTENCY = "batch/feature_consistency"
+#: Online/offline consistency per run, source and feature (batch_layer/consistency.py). Under ``serving/``, not
+#: ``batch/``: a view may be named anything, and ``batch/<view>`` (SQL ``batch_<view>``) must never collide with it.
+FEATURE_CONSISTENCY = "serving/feature_consistency"
 #: One row per completed batch cycle (run id, master version, W, view versions).
 RUNS = "batch/_runs"
 #: Directories under the storage root that hold no table of ours (Spark staging, Delta's log, earlier demo runs, services).

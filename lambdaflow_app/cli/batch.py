@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table as RichTable
 
+from lambdaflow.contracts.consistency import DEFAULT_MAX_ROWS, DEFAULT_SAMPLE
 from lambdaflow.spark import finish
 from lambdaflow_app.cli._common import console, start_spark, state
 
@@ -108,6 +109,10 @@ def print_consistency_report(report: Any) -> None:
             style = "red" if r["mismatches"] else ""
             table.add_row(name, f"{r['mismatch_rate']:.2%}", f"{r['missing_rate']:.2%}", "—" if mre is None else f"{mre:.2e}", style=style)
         console.print(table)
+    for source, n in report.skipped.items():
+        console.print(f"[yellow]{source}: {n:,} vectors left out, served under another feature list (a pipeline change)[/]")
+    if not report.compared:
+        console.print("[yellow]nothing to check: no logged vectors (serving.feature_log_sample) and no predictions yet[/]")
     verdict = "[green]0 mismatches[/]" if not report.mismatches else f"[red]{report.mismatches:,} mismatching values[/]"
     console.print(f"online/offline consistency: {verdict}; plot: {report.plot}   ({report.seconds:.1f}s)")
 
@@ -115,8 +120,8 @@ def print_consistency_report(report: Any) -> None:
 @app.command("consistency")
 def batch_consistency(
     master_version: MasterVersion = None,
-    sample: Annotated[float, typer.Option(min=0, max=1, help="Share of the speed layer's predictions to check.")] = 0.05,
-    max_rows: Annotated[int, typer.Option(min=1, help="Most vectors checked per source.")] = 20_000,
+    sample: Annotated[float, typer.Option(min=0, max=1, help="Share of the speed layer's predictions to check.")] = DEFAULT_SAMPLE,
+    max_rows: Annotated[int, typer.Option(min=1, help="Most vectors checked per source.")] = DEFAULT_MAX_ROWS,
     fail_on_mismatch: Annotated[bool, typer.Option(help="Exit with 1 when any value differs (for schedulers).")] = False,
     spark_master: SparkMaster = None,
 ) -> None:

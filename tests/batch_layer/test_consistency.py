@@ -15,6 +15,7 @@ from lambdaflow.contracts.paths import local_home
 from lambdaflow.sample_data import generate
 from serving_layer.api import create_app
 from serving_layer.engine import open_session
+from serving_layer.lookups import query_fields
 from tests.conftest import make_env
 from tests.serving_layer.test_api import promote_a_model
 from tests.serving_layer.test_serving import shifted
@@ -23,7 +24,8 @@ from tests.speed_layer.test_speed_layer import drain, send
 
 def _logging(settings, pipeline: PipelineConfig | None = None):
     """``settings`` with every served vector logged (and, for a skewed API, another pipeline)."""
-    serving = settings.profile.serving.model_copy(update={"feature_log_sample": 1.0})
+    # every vector, flushed by the test only (not by the background thread half-way)
+    serving = settings.profile.serving.model_copy(update={"feature_log_sample": 1.0, "feature_log_flush_seconds": 3600.0})
     profile = settings.profile.model_copy(update={"serving": serving})
     return settings.model_copy(update={"profile": profile, "pipeline": pipeline or settings.pipeline})
 
@@ -37,9 +39,7 @@ def _serve(settings, sample, start: int, count: int) -> tuple[int, int]:
     client = TestClient(app)
     fresh = shifted(sample.slice(start, count), 2, f"probe{start}-").to_pylist()
     for row in fresh:
-        fields = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in row.items() if k not in ("event_id", "account_id")}
-        fields["at"] = fields.pop("event_time")
-        assert client.get(f"/features/{row['account_id']}", params=fields).status_code == 200
+        assert client.get(f"/features/{row['account_id']}", params=query_fields(settings.pipeline, row)).status_code == 200
     keys = [r["account_id"] for r in fresh]
     assert client.post("/features", json={"keys": keys, "at": fresh[0]["event_time"].isoformat()}).status_code == 200
     for row in fresh[:10]:

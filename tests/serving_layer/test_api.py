@@ -32,6 +32,7 @@ from lambdaflow.sample_data import generate
 from lambdaflow.scoring import ChampionCache
 from serving_layer.api import create_app
 from serving_layer.engine import open_session
+from serving_layer.lookups import query_fields
 from tests.conftest import SpeedEnv, make_env
 from tests.serving_layer.test_serving import shifted
 from tests.speed_layer.test_speed_layer import drain, send
@@ -366,9 +367,7 @@ def test_features_served_before_an_event_equal_its_speed_and_training_features(s
     fresh = shifted(latest.take(picked), 0.5, "pit-")
     served_vectors = {}
     for row in fresh.to_pylist():
-        fields = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in row.items() if k not in ("event_id", "account_id")}
-        fields["at"] = fields.pop("event_time")
-        got = client.get(f"/features/{row['account_id']}", params=fields)
+        got = client.get(f"/features/{row['account_id']}", params=query_fields(env.settings.pipeline, row))
         assert got.status_code == 200, got.text
         served_vectors[row["event_id"]] = got.json()["features"]
     assert any(v["merchant_txn_count_1d"] for v in served_vectors.values())  # the merchants have history to get right

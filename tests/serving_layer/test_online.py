@@ -116,3 +116,35 @@ def test_readers_never_wait_for_a_refresh_nor_see_half_of_one(speed_env: SpeedEn
     assert len(seen) > 10
     assert set(seen) == {(sample.num_rows, sample.num_rows)}, sorted(set(seen))
     assert refreshes.count("full") >= 2, refreshes  # the publishes were refreshed while the readers ran
+
+
+def test_a_refresh_between_the_speed_layers_commits_waits_for_the_whole_micro_batch(speed_env: SpeedEnv) -> None:
+    """Regression: the index read each speed view at its newest version, so a refresh while the speed layer was
+    committing micro-batch s view by view served some views at s and others at s-1 (a vector mixing two points in
+    time, which the consistency check reported). Such a refresh now keeps the last snapshot until all views are at s.
+    """
+    from lambdaflow.contracts.commits import app_id
+    from lambdaflow.contracts.master import to_master_rows
+    from lambdaflow.contracts.speed import SpeedTables
+    from lambdaflow.schemas import INGEST_SEQ
+    from lambdaflow.tables import Txn
+
+    send(speed_env, generate(1500, days=2, seed=53).events)
+    drain(speed_env, idle=2)
+    index = OnlineIndex(speed_env.settings, interval=3600)
+    assert index.refresh()
+    before = index.snapshot
+    tables = SpeedTables(speed_env.settings)
+    seq = max(tables.speed[n].txn_version(app_id(speed_env.settings)) or 0 for n in tables.speed) + 1
+    rows = to_master_rows(generate(50, days=1, seed=54).events, speed_env.settings.pipeline.events, seq)
+    names = list(tables.views)
+    for i, name in enumerate(names):  # the speed layer's commit order, one view at a time
+        part = tables.views[name].partials_arrow(rows)
+        tagged = part.append_column(INGEST_SEQ, pa.array([seq] * part.num_rows, pa.int64()))
+        tables.speed[name].append(tagged, txn=Txn(app_id(speed_env.settings), seq))
+        if i < len(names) - 1:
+            assert not index.refresh(), f"served {name} at micro-batch {seq} while the views after it were at {seq - 1}"
+            assert index.snapshot is before
+    assert index.refresh() and index.snapshot.kind == "speed"
+    assert index.snapshot.as_of_seq == seq
+    assert_online_equals_sql(speed_env, index.snapshot, "after the whole micro-batch")
