@@ -30,6 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -174,7 +175,8 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
     expected = token.encode() if token is not None else None  # compared as UTF-8 bytes, as clients send it
     bearer = HTTPBearer(auto_error=False)
 
-    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    async def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        # async: a constant-time compare needs no worker thread, and lookups must not wait for one
         if expected is None:
             return
         if credentials is None or not secrets.compare_digest(_header_bytes(credentials.credentials), expected):
@@ -269,20 +271,26 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
             "rows": _jsonable(rows.to_pylist()),
         }
 
+    async def snapshot_now() -> OnlineSnapshot:
+        """The online snapshot, without a worker thread once built (a lookup is microseconds; the first build is not)."""
+        if online.snapshot is None:
+            return await run_in_threadpool(online.current)
+        return online.current()
+
     @app.get("/views/{view}/{key}", dependencies=[Depends(authorised)])
-    def view_rows(view: str, key: str) -> dict[str, Any]:
+    async def view_rows(view: str, key: str) -> dict[str, Any]:
         """Unified values of a view for one key (all its buckets), with the batch watermark and the freshest speed batch."""
         compiled = views.get(view)
         if compiled is not None and len(compiled.spec.keys) != 1:
             raise HTTPException(
                 400, f"view {view!r} has a composite key {compiled.spec.keys}: use /views/{view}?{'=…&'.join(compiled.spec.keys)}=…"
             )
-        return view_answer(online.current(), view, {compiled.spec.keys[0]: key} if compiled else {})
+        return view_answer(await snapshot_now(), view, {compiled.spec.keys[0]: key} if compiled else {})
 
     @app.get("/views/{view}", dependencies=[Depends(authorised)])
-    def view_rows_by_columns(view: str, request: Request) -> dict[str, Any]:
+    async def view_rows_by_columns(view: str, request: Request) -> dict[str, Any]:
         """Unified values of a view for the key given as query parameters, one per key column (composite keys too)."""
-        return view_answer(online.current(), view, dict(request.query_params))
+        return view_answer(await snapshot_now(), view, dict(request.query_params))
 
     @app.get("/features/{key}", dependencies=[Depends(authorised)])
     def entity_features(key: str, request: Request) -> dict[str, Any]:
