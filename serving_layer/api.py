@@ -136,11 +136,12 @@ class SessionCache:
         return current != session.versions
 
 
-def create_app(settings: Settings, host: str | None = None) -> FastAPI:
+def create_app(settings: Settings, host: str | None = None, server: bool = False) -> FastAPI:
     """The FastAPI application for a pipeline and profile.
 
     Args:
         host: the address it will be served on (default: the profile's ``serving.host``).
+        server: the process exists to serve it (``lambdaflow serve``): the index may tune the process (gc).
 
     Raises:
         ConfigError: the address is not a loopback address and ``serving.token`` is not set.
@@ -166,7 +167,7 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
     refresh_seconds = Histogram(
         "lambdaflow_online_refresh_seconds", "Online index refreshes", ["kind"], registry=metrics, buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30)
     )
-    online = OnlineIndex(settings, serving.refresh_seconds, on_refresh=lambda kind, s: refresh_seconds.labels(kind).observe(s))
+    online = OnlineIndex(settings, serving.refresh_seconds, lambda kind, s: refresh_seconds.labels(kind).observe(s), freeze=server)
     served = FeatureLogger(settings)
     requests = Counter("lambdaflow_api_requests", "API requests", ["endpoint", "status"], registry=metrics)
     latency = Histogram(
@@ -176,7 +177,6 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
     bearer = HTTPBearer(auto_error=False)
 
     async def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        # async: a constant-time compare needs no worker thread, and lookups must not wait for one
         if expected is None:
             return
         if credentials is None or not secrets.compare_digest(_header_bytes(credentials.credentials), expected):

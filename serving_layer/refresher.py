@@ -75,11 +75,15 @@ def table_versions(settings: Settings) -> dict[str, int]:
 class OnlineIndex:
     """The online snapshot being served, refreshed by a daemon thread started on first use."""
 
-    def __init__(self, settings: Settings, interval: float, on_refresh: Callable[[str, float], None] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, interval: float, on_refresh: Callable[[str, float], None] | None = None, freeze: bool = False
+    ) -> None:
         """Args:
         settings: the pipeline and profile served.
         interval: seconds between looks at the table versions.
         on_refresh: called with the refresh kind ("full" or "speed") and its duration in seconds.
+        freeze: after a full build, move every live object out of the cycle collector's sight (``gc.freeze``).
+            For a server process only (``lambdaflow serve``): it is process-wide.
         """
         self.settings = settings
         self.interval = interval
@@ -87,6 +91,7 @@ class OnlineIndex:
         self.snapshot: OnlineSnapshot | None = None
         self.report = ProblemReport()
         self._on_refresh = on_refresh
+        self._freeze = freeze
         self._lock = threading.Lock()  # one refresh at a time
         self._thread: threading.Thread | None = None
 
@@ -125,7 +130,7 @@ class OnlineIndex:
                 finally:
                     session.connection.close()
                 self.snapshot = fresh
-                if fresh.kind == "full":
+                if fresh.kind == "full" and self._freeze:
                     # millions of index objects need no cycle collection (nothing in a snapshot refers back): move
                     # them out of the collector's sight, or every full collection walks them during requests
                     gc.freeze()

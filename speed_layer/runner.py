@@ -232,6 +232,8 @@ class SpeedLayer:
                 raise OffsetGapError(
                     f"Kafka reports positions out of range ({exc}), but the log looks continuous now: restart the speed layer"
                 ) from exc
+            if not polled and not consumer.assignment():
+                time.sleep(0.05)  # poll returns at once while the group coordinator is unknown: wait, do not spin
             for batch in polled.values():
                 for r in batch:
                     # a rebalance in the middle of a batch seeks back to the recorded positions: the records

@@ -79,7 +79,7 @@ def serve(
 
     s = state.settings()
     bind = host or s.profile.serving.host
-    app = create_app(s, host=bind)  # refuses a public address without a token
+    app = create_app(s, host=bind, server=True)  # refuses a public address without a token
     uvicorn.run(app, host=bind, port=port or s.profile.serving.port, log_level="info")
 
 

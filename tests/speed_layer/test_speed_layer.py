@@ -48,7 +48,12 @@ def start(env: SpeedEnv, *extra: str, crash_after: str | None = None) -> subproc
 def drain(env: SpeedEnv, idle: float = 4) -> str:
     """Run the layer until the topics are quiet; returns its log."""
     proc = start(env, "--idle-exit", str(idle))
-    _, err = proc.communicate(timeout=300)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # a layer left running would take a core from every later test
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"the speed layer did not drain the topics in 300 s; its log ends: {err[-3000:]}") from None
     assert proc.returncode == 0, err[-3000:]
     return err
 
