@@ -97,13 +97,14 @@ def check_consistency(
     top = int(events.agg({INGEST_SEQ: "max"}).collect()[0][0] or -1)
     served: dict[str, tuple[list[str], np.ndarray]] = {}
     skipped: dict[str, int] = {}
-    predicted = _predictions(settings, spark, sample, max_rows, top, skipped)
+    predicted = _predictions(settings, spark, sample, max_rows, top, ff.names, skipped)
     if predicted is not None:
         served["predictions"] = predicted
-    logged, probes = _logged(settings, max_rows, top, skipped)
+    logged, probes = _logged(settings, max_rows, top, ff.names, skipped)
     served.update(logged)
     wanted = sorted({i for ids, _ in served.values() for i in ids})
-    interest = events.join(_ids(spark, wanted, ev.id_column), ev.id_column, "left_semi")
+    wanted_ids = _ids(spark, wanted, ev.id_column)
+    interest = events.join(wanted_ids, ev.id_column, "left_semi")
     frame = None
     if probes is not None:
         from pyspark.sql.pandas.types import from_arrow_schema
@@ -113,7 +114,7 @@ def check_consistency(
     rows = _restrict(events, interest, [(ev.partition_key,), *ff.key_groups], ev.id_column).withColumn(OBSERVER, _false())
     if frame is not None:
         rows = rows.unionByName(frame, allowMissingColumns=True)
-    offline = _offline(featurize(settings, rows), ev.id_column, _ids(spark, wanted, ev.id_column), ff.names)
+    offline = _offline(featurize(settings, rows), ev.id_column, wanted_ids, ff.names)
     checked_at = dt.datetime.now(dt.timezone.utc)
     triples = []
     for source, (ids, matrix) in sorted(served.items()):
@@ -146,7 +147,7 @@ def _false() -> Any:
 
 
 def _predictions(
-    settings: Settings, spark: SparkSession, sample: float, max_rows: int, top: int, skipped: dict[str, int]
+    settings: Settings, spark: SparkSession, sample: float, max_rows: int, top: int, names: list[str], skipped: dict[str, int]
 ) -> tuple[list[str], np.ndarray] | None:
     """A hash-chosen sample of the speed layer's predictions (event ids, vectors) of micro-batches up to ``top``."""
     from pyspark.sql import functions as F
@@ -159,7 +160,7 @@ def _predictions(
     chosen = frame.where(F.abs(F.xxhash64(F.col(id_column))) % 10_000 < int(sample * 10_000))
     picked = chosen.select(id_column, "features").limit(max_rows).toArrow()
     # predictions keep no feature names: a vector of another length was scored under another feature list
-    fits = pc.equal(pc.list_value_length(picked.column("features")), len(FeatureFunction(settings.pipeline).names))
+    fits = pc.equal(pc.list_value_length(picked.column("features")), len(names))
     picked = picked.filter(fits)
     if picked.num_rows < len(fits):
         skipped["predictions"] = len(fits) - picked.num_rows
@@ -172,14 +173,14 @@ def _predictions(
 
 
 def _logged(
-    settings: Settings, max_rows: int, top: int, skipped: dict[str, int]
+    settings: Settings, max_rows: int, top: int, names: list[str], skipped: dict[str, int]
 ) -> tuple[dict[str, tuple[list[str], np.ndarray]], pa.Table | None]:
     """The API's logged vectors served at or before ``top`` (per source), and their events as observer rows."""
     table = Table(table_uri(settings.profile, FEATURE_LOG))
     if not table.exists():
         return {}, None
     log = table.snapshot().to_arrow(filter=pc.field("as_of_seq") <= top)
-    current = pc.equal(log.column("feature_list"), feature_fingerprint(FeatureFunction(settings.pipeline).names))
+    current = pc.equal(log.column("feature_list"), feature_fingerprint(names))
     for source, n in zip(*np.unique(np.asarray(log.filter(pc.invert(current)).column("source").to_pylist(), object), return_counts=True)):
         skipped[str(source)] = int(n)
     log = log.filter(current)
