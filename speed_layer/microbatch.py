@@ -147,7 +147,9 @@ class SpeedPipeline:
         """Rebuild the in-memory state from the tables: prior view state and the ids seen (before ``below_seq``)."""
         self._published = batch_view_versions(self.settings)
         self.prior.load(below_seq=below_seq, versions=self._published)
-        self.seen.load(below_seq=below_seq)
+        # the same cut as the view state: an id read from a batch the state does not hold yet would make
+        # catch_up drop that whole batch as "already seen" (another writer committing between the two reads)
+        self.seen.load(below_seq=self.prior.through + 1)
 
     def state_stale(self) -> bool:
         """True when a batch view was published (or maintained) since :meth:`load_state`: view state and horizon may have moved.
