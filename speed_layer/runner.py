@@ -23,7 +23,7 @@ from typing import Any
 from lambdaflow import services
 from lambdaflow.config import Settings
 from lambdaflow.contracts.commits import Offsets, writer_ids
-from lambdaflow.errors import FencedError, OffsetGapError
+from lambdaflow.errors import FencedError, OffsetGapError, ServiceError
 from lambdaflow.validation import RawRecord
 from speed_layer.continuity import Gap, acknowledgements, find_gaps, fingerprint, gap_row, raise_for, raw_record
 from speed_layer.fetcher import Fetcher, Polled
@@ -164,6 +164,7 @@ class SpeedLayer:
         topics = [t for t in (self.pipeline.event_topic, self.pipeline.label_topic) if t]
         for topic in topics:
             services.ensure_topic(self.kafka, topic, self.settings.pipeline.source.partitions)
+            _wait_for_partitions(consumer, topic)
         consumer.subscribe(topics, listener=SeekToDelta())
         return consumer
 
@@ -331,6 +332,20 @@ class SpeedLayer:
             resume = acknowledged[(g.topic, g.partition, g.recorded_next)]
             self.resume_at[(g.topic, g.partition)] = (g.recorded_next, resume)
             log.warning("continuing %s[%s] at offset %s past an acknowledged gap", g.topic, g.partition, resume)
+
+
+def _wait_for_partitions(consumer: Any, topic: str, seconds: float = 30.0) -> None:
+    """Block until the consumer's metadata lists the topic's partitions.
+
+    A group leader whose metadata lacks them (a topic created a moment ago) assigns nothing, and kafka-python
+    3.0 does not rejoin when they appear: the member sat with no partitions until the drain timed out
+    ("No partition metadata for topic …", then "assigned []": the suite's stuck first joins).
+    """
+    deadline = time.monotonic() + seconds
+    while not consumer.partitions_for_topic(topic):
+        if time.monotonic() > deadline:
+            raise ServiceError(f"Kafka lists no partitions for topic {topic!r} after {seconds:.0f} s")
+        time.sleep(0.1)
 
 
 def _group_offsets(start: Offsets, end: Offsets) -> dict[Any, Any]:
