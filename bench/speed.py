@@ -53,8 +53,9 @@ import sys, time
 from quixstreams import Application
 from quixstreams.dataframe.windows import Count, Max, Mean, Sum
 bootstrap, topic, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
+# no changelog topics: Tansu reports no retention.ms, which Quix reads to create them (state stays in RocksDB)
 app = Application(broker_address=bootstrap, consumer_group=f"quix-{time.time_ns()}", auto_offset_reset="earliest",
-                  processing_guarantee="at-least-once", state_dir=sys.argv[4])
+                  processing_guarantee="at-least-once", state_dir=sys.argv[4], use_changelog_topics=False)
 seen = {"n": 0, "t0": None}
 def count(value):
     seen["n"] += 1
@@ -136,22 +137,30 @@ def one_instance(settings: Settings) -> dict[str, Any]:
     }
 
 
-def two_instances(settings: Settings, events: int, tmp: Path) -> dict[str, Any]:
+def two_instances(settings: Settings, bootstrap: list[str], events: int, tmp: Path) -> dict[str, Any]:
     profile = tmp / "two-profile.yaml"
-    profile.write_text(yaml.safe_dump(json.loads(settings.profile.model_dump_json())))
+    data = json.loads(settings.profile.model_dump_json())
+    data["kafka"] = {"kind": "external", "bootstrap_servers": bootstrap}  # the processes find the broker by address
+    profile.write_text(yaml.safe_dump(data))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "speed_layer", "--profile", str(profile), "--pipeline", str(settings.pipeline_path)]
-    procs = [subprocess.Popen([*cmd, "--instance", str(k)], env=env, stderr=subprocess.DEVNULL) for k in range(2)]
+    logs = [open(tmp / f"instance-{k}.log", "w") for k in range(2)]  # closed below
+    procs = [subprocess.Popen([*cmd, "--instance", str(k)], env=env, stderr=logs[k]) for k in range(2)]
     master = SpeedTables(settings).master
     deadline = time.monotonic() + 900
     try:
-        while master.snapshot().num_records < events and time.monotonic() < deadline:
+        while not master.exists() or master.snapshot().num_records < events:
+            dead = [p.returncode for p in procs if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                raise RuntimeError(f"two instances stopped ({dead}); see {tmp}/instance-*.log")
             time.sleep(1)
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(timeout=120)
+        for f in logs:
+            f.close()
     rate, n = steady_rate(settings)
     return {"records_per_s": round(rate), "batches": n}
 
@@ -236,7 +245,7 @@ def main() -> int:
             update={"profile": two.profile.model_copy(update={"speed": two.profile.speed.model_copy(update={"instances": 2})})}
         )
         promote_champion(two)
-        result["two_instances"] = two_instances(two, args.events, tmp)
+        result["two_instances"] = two_instances(two, bootstrap, args.events, tmp)
         print(f"two instances: {result['two_instances']}", file=sys.stderr)
 
         live_topic = f"{topic}-live"

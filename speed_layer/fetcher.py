@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 OPEN_POLL_MS = 20
 #: How long one poll waits while nothing is buffered.
 IDLE_POLL_MS = 200
-#: How long without partitions before the consumer is made anew (a group join normally takes seconds).
-RESTART_UNASSIGNED_SECONDS = 30.0
+#: How long without progress before the consumer is made anew (a group join normally takes seconds).
+RESTART_STALLED_SECONDS = 30.0
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Fetcher(threading.Thread):
         super().__init__(name="lambdaflow-fetch", daemon=True)
         self.make_consumer = make_consumer
         self.consumer = make_consumer()
-        self._unassigned_since: float | None = None
+        self._stalled_since: float | None = None
         self._joined = False
         self.max_records = max_records
         self.max_seconds = max_seconds
@@ -141,13 +141,14 @@ class Fetcher(threading.Thread):
         room = self.max_records - len(self._current.records)
         if room <= 0:  # full: wait for the processing thread, polling nothing more
             self._offer(block=True)
+            self._stalled_since = None
             return
         wait = OPEN_POLL_MS if self._current.records else IDLE_POLL_MS
         polled = self.consumer.poll(timeout_ms=wait, max_records=room)
-        if not polled and not self.consumer.assignment():
-            self._unassigned()
-            return
-        self._unassigned_since = None
+        assigned = self.consumer.assignment()
+        if not polled and not assigned:
+            self.on_idle(self.consumer)
+            time.sleep(0.05)  # poll returns at once while the coordinator is unknown: wait, do not spin
         batch = self._current
         if not batch.records and polled:
             self._opened = time.monotonic()
@@ -161,20 +162,30 @@ class Fetcher(threading.Thread):
         quiet = not polled or time.monotonic() - self._opened >= self.max_seconds
         if batch.records and quiet or batch.caught_up:
             self._offer(block=False)
+        self._watch(bool(polled) or batch.caught_up or (self._joined and not assigned))
 
-    def _unassigned(self) -> None:
-        """No partitions: wait a little (poll returns at once while the coordinator is unknown), and start over
-        with a new consumer when it lasts: kafka-python 3.0 has been seen to spin in coordinator discovery
-        for good, its group never joined (the suite's drains timed out on it, on both brokers)."""
-        self.on_idle(self.consumer)
-        time.sleep(0.05)
+    def _watch(self, progressing: bool) -> None:
+        """Start over with a new consumer after :data:`RESTART_STALLED_SECONDS` without progress.
+
+        Progress is records, being caught up, or an empty assignment the group gave on purpose (more
+        instances than partitions). kafka-python 3.0 has been seen to spin in coordinator discovery with its
+        group never joined, and to sit on an assignment without returning the records behind it: the
+        suite's drains timed out on both, on both brokers. A new consumer rejoins as the same static member.
+        """
         now = time.monotonic()
-        self._unassigned_since = self._unassigned_since or now
-        if not self._joined and now - self._unassigned_since >= RESTART_UNASSIGNED_SECONDS:
-            log.warning("no partitions assigned for %.0f s: starting over with a new Kafka consumer", now - self._unassigned_since)
+        if progressing:
+            self._stalled_since = None
+            return
+        self._stalled_since = self._stalled_since or now
+        if now - self._stalled_since >= RESTART_STALLED_SECONDS:
+            log.warning(
+                "no records and not caught up for %.0f s (%s partitions assigned): starting over with a new Kafka consumer",
+                now - self._stalled_since,
+                len(self.consumer.assignment()),
+            )
             self.consumer.close(autocommit=False)
             self.consumer = self.make_consumer()
-            self._unassigned_since = None
+            self._stalled_since = None
             self._joined = False
 
     def _offer(self, block: bool) -> None:
