@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 #: How long one poll waits for records while a batch is open (short: the batch closes when a poll finds none).
 OPEN_POLL_MS = 20
 #: How long one poll waits while nothing is buffered.
-IDLE_POLL_MS = 200
+IDLE_POLL_MS = 100
 #: How long without progress before the consumer is made anew (a group join normally takes seconds).
 RESTART_STALLED_SECONDS = 30.0
 
@@ -144,11 +144,15 @@ class Fetcher(threading.Thread):
             self._stalled_since = None
             return
         wait = OPEN_POLL_MS if self._current.records else IDLE_POLL_MS
+        started = time.monotonic()
         polled = self.consumer.poll(timeout_ms=wait, max_records=room)
         assigned = self.consumer.assignment()
-        if not polled and not assigned:
-            self.on_idle(self.consumer)
-            time.sleep(0.05)  # poll returns at once while the coordinator is unknown: wait, do not spin
+        if not polled:
+            # kafka-python 3.0 often returns an empty poll at once (seen spinning a core while idle, and while
+            # the coordinator is unknown): wait out the poll's time before the next one
+            self._halt.wait(max(0.0, wait / 1000 - (time.monotonic() - started)))
+            if not assigned:
+                self.on_idle(self.consumer)
         batch = self._current
         if not batch.records and polled:
             self._opened = time.monotonic()
