@@ -32,7 +32,6 @@ from lambdaflow.config.common import (
 from lambdaflow.config.loading import (
     Settings,
     default_conf_dir,
-    for_instance,
     load_pipeline,
     load_profile,
     load_settings,
@@ -119,7 +118,6 @@ __all__ = [
     "ViewFeature",
     "ViewSpec",
     "default_conf_dir",
-    "for_instance",
     "load_pipeline",
     "load_profile",
     "load_settings",
