@@ -23,7 +23,7 @@ from typing import Any
 from lambdaflow import services
 from lambdaflow.config import Settings
 from lambdaflow.contracts.commits import Offsets
-from lambdaflow.errors import OffsetGapError
+from lambdaflow.errors import OffsetGapError, ServiceError
 from lambdaflow.validation import RawRecord
 from speed_layer.continuity import Gap, acknowledgements, find_gaps, fingerprint, gap_row, raise_for, raw_record
 from speed_layer.metrics import SpeedMetrics
@@ -31,6 +31,10 @@ from speed_layer.microbatch import BatchResult, SpeedPipeline
 
 #: The command that acknowledges a gap (named in the error that stops the layer).
 ACKNOWLEDGE = "lambdaflow speed acknowledge-gap"
+#: How often the consumer refreshes topic metadata (kafka-python's default is 5 minutes).
+METADATA_MAX_AGE_MS = 10_000
+#: How long a consumer may stay without partitions before it is made anew (a join normally takes seconds).
+RESTART_UNASSIGNED_SECONDS = 30.0
 
 log = logging.getLogger("lambdaflow.speed")
 
@@ -106,6 +110,7 @@ class SpeedLayer:
         self.fingerprints: Offsets = {}
         port = settings.profile.speed.metrics_port if metrics_port is None else metrics_port
         self.metrics = SpeedMetrics(port)
+        self._unassigned_since: float | None = None
 
     def stop(self, *_: Any) -> None:
         """Finish the current micro-batch, then exit the loop."""
@@ -128,6 +133,8 @@ class SpeedLayer:
             # waiting a session timeout for the dead member to leave the group
             group_instance_id=f"{speed.consumer_group}-0",
             fetch_max_bytes=64 << 20,
+            # a join that saw a topic without its partitions is corrected only by a metadata refresh
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
             **services.CONSUMER_TIMEOUTS,
         )
         layer = self
@@ -152,10 +159,12 @@ class SpeedLayer:
                         consumer.seek(tp, offset)
                         positions.setdefault(tp.topic, {})[str(tp.partition)] = offset
                 layer.positions = positions
+                log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
         topics = [t for t in (self.pipeline.event_topic, self.pipeline.label_topic) if t]
         for topic in topics:
             services.ensure_topic(self.kafka, topic, self.settings.pipeline.source.partitions)
+            _wait_for_partitions(consumer, topic)
         consumer.subscribe(topics, listener=SeekToDelta())
         return consumer
 
@@ -185,6 +194,12 @@ class SpeedLayer:
         try:
             while not self.stopping:
                 records = self._poll_batch(consumer, speed.max_batch_records, speed.max_batch_seconds)
+                if self._unassigned_since is not None and time.monotonic() - self._unassigned_since > RESTART_UNASSIGNED_SECONDS:
+                    # kafka-python 3.0 has been seen never to join (CI stop 17): start over as the same static member
+                    log.warning("no partitions assigned for %.0f s: starting over with a new Kafka consumer", RESTART_UNASSIGNED_SECONDS)
+                    consumer.close(autocommit=False)
+                    consumer = self._consumer()
+                    self._unassigned_since = None
                 self.pipeline.scorer.refresh()
                 if self.pipeline.state_stale():
                     self.pipeline.load_state()
@@ -234,6 +249,9 @@ class SpeedLayer:
                 ) from exc
             if not polled and not consumer.assignment():
                 time.sleep(0.05)  # poll returns at once while the group coordinator is unknown: wait, do not spin
+                self._unassigned_since = self._unassigned_since or time.monotonic()
+            elif consumer.assignment():
+                self._unassigned_since = None
             for batch in polled.values():
                 for r in batch:
                     # a rebalance in the middle of a batch seeks back to the recorded positions: the records
@@ -305,6 +323,23 @@ class SpeedLayer:
             if high is not None:
                 lag += max(0, high - consumer.position(tp))
         return lag
+
+
+def _wait_for_partitions(consumer: Any, topic: str, seconds: float = 30.0) -> None:
+    """Block until the consumer's metadata lists the topic's partitions.
+
+    A group leader whose metadata lacks them (a topic created a moment ago) assigns nothing, and kafka-python
+    3.0 does not rejoin when they appear: the member sat with no partitions until the suite's drain timed out
+    ("No partition metadata for topic …", then an empty assignment: CI stop 17).
+
+    Raises:
+        ServiceError: the partitions are still unknown after ``seconds``.
+    """
+    deadline = time.monotonic() + seconds
+    while not consumer.partitions_for_topic(topic):
+        if time.monotonic() > deadline:
+            raise ServiceError(f"Kafka lists no partitions for topic {topic!r} after {seconds:.0f} s")
+        time.sleep(0.1)
 
 
 def acknowledge_gap(settings: Settings, topic: str, partition: int, reason: str, by: str) -> Gap:
