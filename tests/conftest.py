@@ -20,7 +20,7 @@ LAMBDAFLOW = [sys.executable, "-m", "lambdaflow_app"]
 
 
 #: Fixtures that start a real component: a test using any of them is an integration test.
-INTEGRATION_FIXTURES = frozenset({"broker", "spark", "speed_env", "airflow_env", "pseudo", "kafka", "kafka_env", "tansu_env"})
+INTEGRATION_FIXTURES = frozenset({"broker", "spark", "speed_env", "airflow_env", "pseudo", "kafka", "kafka_env"})
 #: Modules whose every test runs a real component through a subprocess (CLI, services, Airflow, notebooks).
 INTEGRATION_MODULES = ("test_services.py", "test_dags.py", "test_notebooks.py", "test_cli.py", "test_producer.py")
 
@@ -169,12 +169,6 @@ def kafka(pseudo: PseudoStack) -> list[str]:
 def kafka_env(tmp_path: Path, kafka: list[str]) -> SpeedEnv:
     """A pipeline with its own topics and local storage root on Apache Kafka (durability tests)."""
     return make_env(tmp_path, kafka)
-
-
-@pytest.fixture
-def tansu_env(tmp_path: Path, broker: list[str]) -> SpeedEnv:
-    """A pipeline on the embedded default's broker (Tansu), for what must also hold there."""
-    return make_env(tmp_path, broker)
 
 
 # --------------------------------------------------------------------------- per-test pipelines
