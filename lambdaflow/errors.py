@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "ConcurrentCommitError",
     "ConfigError",
+    "FencedError",
     "CycleError",
     "InputFileError",
     "LambdaflowError",
@@ -84,6 +85,12 @@ class OffsetGapError(LambdaflowError, RuntimeError):
     """The Kafka log does not continue where the speed layer stopped; the message names topic, partition and offsets."""
 
     exit_code = 3
+
+
+class FencedError(LambdaflowError, RuntimeError):
+    """Another speed-layer process took over this writer's identity or one of its partitions: this one stops, committing nothing more."""
+
+    exit_code = 4
 
 
 class ModelVerificationError(LambdaflowError, RuntimeError):

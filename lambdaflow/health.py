@@ -9,8 +9,8 @@ import pyarrow.compute as pc
 
 from lambdaflow import services
 from lambdaflow.config import Settings
-from lambdaflow.contracts.commits import app_id
-from lambdaflow.contracts.speed import SpeedTables
+from lambdaflow.contracts.commits import writer_ids
+from lambdaflow.contracts.speed import SpeedTables, writer_marks
 from lambdaflow.errors import UnhealthyError
 from lambdaflow.schemas import INGEST_SEQ, INGESTED_AT
 
@@ -59,7 +59,7 @@ def check(settings: Settings, recent_batches: int = 50) -> Health:
     limits = settings.profile.health
     tables = SpeedTables(settings)
     master = tables.master.snapshot()
-    last = master.txn_version(app_id(settings)) or 0
+    last = max(writer_marks(master, writer_ids(settings)))
     newest = pc.max(master.to_arrow(columns=[INGESTED_AT]).column(INGESTED_AT)).as_py() if master.num_records else None
     staleness = (dt.datetime.now(dt.timezone.utc) - newest).total_seconds() if newest else None
     since = max(0, last - recent_batches)

@@ -25,7 +25,7 @@ from deltalake.exceptions import DeltaError
 
 from lambdaflow.config import Settings
 from lambdaflow.contracts.batch import RUNS_SCHEMA, batch_table_schema
-from lambdaflow.contracts.commits import app_id
+from lambdaflow.contracts.commits import writer_ids
 from lambdaflow.contracts.master import labels_schema, master_schema
 from lambdaflow.contracts.paths import (
     MASTER_EVENTS,
@@ -38,7 +38,7 @@ from lambdaflow.contracts.paths import (
     speed_view,
     sql_name,
 )
-from lambdaflow.contracts.speed import QUARANTINE_SCHEMA, predictions_schema, speed_view_schema
+from lambdaflow.contracts.speed import QUARANTINE_SCHEMA, predictions_schema, speed_view_schema, writer_marks
 from lambdaflow.errors import QueryError, TableError
 from lambdaflow.sql import to_duckdb
 from lambdaflow.tables import Snapshot, Table
@@ -57,8 +57,10 @@ class Session:
 
     connection: duckdb.DuckDBPyConnection
     versions: dict[str, int] = field(default_factory=dict)
-    #: per table, the last speed-layer micro-batch committed in the snapshot that was read
+    #: per table, the freshest speed-layer micro-batch committed in the snapshot that was read
     speed_seq: dict[str, int] = field(default_factory=dict)
+    #: per table, each speed-layer writer's last micro-batch in it (:func:`lambdaflow.contracts.speed.writer_marks`)
+    speed_marks: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def query(self, sql: str, dialect: str = "trino") -> pa.Table:
         """Run one statement (Trino dialect by default) and return the rows.
@@ -123,7 +125,7 @@ def open_session(settings: Settings) -> Session:
     try:
         con.execute("SET TimeZone = 'UTC'")
         session = Session(con)
-        speed_app = app_id(settings)
+        writers = writer_ids(settings)
         present = dict(existing_tables(settings.profile))
         expected = expected_schemas(settings)
         for name, schema in expected.items():
@@ -132,7 +134,9 @@ def open_session(settings: Settings) -> Session:
                 snap, dataset = _read(name, present[name])
                 con.register(alias, dataset)
                 session.versions[name] = snap.version
-                session.speed_seq[name] = snap.txn_version(speed_app) or 0
+                if name == MASTER_EVENTS or name.startswith(speed_view("")):  # a txn lookup costs ~0.7 ms: only where read
+                    marks = session.speed_marks[name] = writer_marks(snap, writers)
+                    session.speed_seq[name] = max(marks)
             else:
                 con.register(alias, schema.empty_table())
         for name, uri in present.items():  # tables the pipeline does not know about are queryable too

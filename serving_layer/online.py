@@ -37,14 +37,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lambdaflow.contracts.paths import batch_view, speed_view, sql_name
+from lambdaflow.contracts.paths import MASTER_EVENTS, batch_view, speed_view, sql_name
+from lambdaflow.contracts.speed import complete_through
 from lambdaflow.schemas import INGEST_SEQ
 from lambdaflow.sql import to_duckdb
 from lambdaflow.views import CompiledView, quote
 from serving_layer.engine import Session
 from serving_layer.sql import partial_rows_sql, watermark_sql
 
-__all__ = ["OVERLAY_LIMIT", "Key", "OnlineSnapshot", "ViewIndex", "at_one_micro_batch", "indexed_versions", "refresh_snapshot"]
+__all__ = ["OVERLAY_LIMIT", "Key", "OnlineSnapshot", "ViewIndex", "indexed_versions", "refresh_snapshot", "speed_cut"]
 
 #: A key: the values of a view's key columns, in declaration order.
 Key = tuple[Any, ...]
@@ -119,10 +120,12 @@ class OnlineSnapshot:
     freshest: dict[str, int | None]
     #: "full" or "speed": how this snapshot was made from the one before
     kind: str = "full"
+    #: every micro-batch up to this one, and none after, is in the speed rows held (:func:`complete_through`)
+    through: int = 0
 
     @property
     def as_of_seq(self) -> int:
-        """The newest micro-batch whose rows the snapshot holds: the point in time of what it serves."""
+        """The newest micro-batch whose rows the snapshot holds, all earlier ones included: its point in time."""
         marks = [*self.watermarks.values(), *(f for f in self.freshest.values() if f is not None)]
         return max(marks) if marks else -1
 
@@ -133,16 +136,16 @@ def indexed_versions(versions: Mapping[str, int], views: Mapping[str, CompiledVi
     return {name: v for name, v in versions.items() if name in read}
 
 
-def at_one_micro_batch(session: Session, views: Mapping[str, CompiledView]) -> bool:
-    """True when the session read every speed view at the same micro-batch.
+def speed_cut(session: Session, views: Mapping[str, CompiledView]) -> int:
+    """The complete-prefix cut of ``session``'s speed rows (:func:`lambdaflow.contracts.speed.complete_through`).
 
-    The speed layer commits its views one after another; a session opened in between holds one view a batch
-    ahead of another, and a vector served from it would mix two points in time (the consistency check would
-    rightly report it). Every view gets a commit per micro-batch, empty or not, so their transaction
-    versions agree once the batch is complete.
+    The speed layer commits a micro-batch's views one after another, and several writers commit independently;
+    rows taken as found could mix two points in time within a view or across views (the consistency check
+    would rightly report the vectors served from them). Cut at the newest micro-batch that is everywhere.
     """
-    seqs = {session.speed_seq[speed_view(name)] for name in views if speed_view(name) in session.speed_seq}
-    return len(seqs) <= 1
+    speed = [session.speed_marks[speed_view(name)] for name in views if speed_view(name) in session.speed_marks]
+    master = session.speed_marks.get(MASTER_EVENTS, ())
+    return complete_through(master, speed) if master else max((max(m, default=0) for m in speed), default=0)
 
 
 def refresh_snapshot(session: Session, views: Mapping[str, CompiledView], previous: OnlineSnapshot | None) -> OnlineSnapshot:
@@ -157,60 +160,62 @@ def refresh_snapshot(session: Session, views: Mapping[str, CompiledView], previo
     batch_moved = previous is None or any(
         session.versions.get(batch_view(n)) != previous.versions.get(batch_view(n)) or marks[n] != previous.watermarks[n] for n in views
     )
+    through = speed_cut(session, views)
     if not batch_moved and previous is not None:
-        return _with_speed_rows(session, views, previous, marks)
+        return _with_speed_rows(session, views, previous, marks, through)
     out, freshest = {}, {}
     for name, view in views.items():
-        out[name] = ViewIndex(view, _full(session, view))
-        freshest[name] = _freshest(session, view)
-    return OnlineSnapshot(out, dict(session.versions), marks, freshest, "full")
+        out[name] = ViewIndex(view, _full(session, view, through))
+        freshest[name] = _freshest(session, view, through)
+    return OnlineSnapshot(out, dict(session.versions), marks, freshest, "full", through)
 
 
-def _full(session: Session, view: CompiledView) -> _Rows:
+def _full(session: Session, view: CompiledView, through: int) -> _Rows:
     order = ", ".join(quote(c) for c in view.group_columns)
-    merged = view.merge_sql(partial_rows_sql(view))
+    merged = view.merge_sql(partial_rows_sql(view, through))
     states = session.connection.sql(f"SELECT * FROM ({to_duckdb(merged)}) AS m ORDER BY {order}").to_arrow_table()
     rows = session.connection.sql(f"SELECT * FROM ({to_duckdb(view.finalize_sql(merged))}) AS f ORDER BY {order}").to_arrow_table()
     return _Rows.of(view, states.cast(view.state_schema), rows.cast(view.result_schema))
 
 
 def _with_speed_rows(
-    session: Session, views: Mapping[str, CompiledView], previous: OnlineSnapshot, marks: dict[str, int]
+    session: Session, views: Mapping[str, CompiledView], previous: OnlineSnapshot, marks: dict[str, int], through: int
 ) -> OnlineSnapshot:
-    """``previous`` with the speed partials committed since merged into the keys they touch."""
+    """``previous`` with the speed partials of the micro-batches after its cut, up to ``through``, merged in."""
     out, freshest = dict(previous.views), dict(previous.freshest)
+    through = max(through, previous.through)
     scratch = _scratch()  # one private connection for this refresh's merges (the session's is locked down and shared)
     try:
         for name, view in views.items():
-            changed = _speed_rows_of(session, scratch, view, previous, marks[name])
+            changed = _speed_rows_of(session, scratch, view, previous, marks[name], through)
             if changed is not None:
                 out[name], freshest[name] = changed
     finally:
         scratch.close()
-    return OnlineSnapshot(out, dict(session.versions), marks, freshest, "speed")
+    return OnlineSnapshot(out, dict(session.versions), marks, freshest, "speed", through)
 
 
 def _speed_rows_of(
-    session: Session, scratch: Any, view: CompiledView, previous: OnlineSnapshot, mark: int
+    session: Session, scratch: Any, view: CompiledView, previous: OnlineSnapshot, mark: int, through: int
 ) -> tuple[ViewIndex, int | None] | None:
-    """One view's index with its speed partials since ``previous`` merged in; None when it has none."""
-    name = view.name
-    seen = max(mark, previous.freshest[name] or mark)
-    speed = quote(sql_name(speed_view(name)))
+    """One view's index with its speed partials in (previous cut, ``through``] merged in; None when it has none."""
+    seen = max(mark, previous.through)
+    speed = quote(sql_name(speed_view(view.name)))
     columns = ", ".join(quote(c) for c in view.state_schema.names)
-    new = session.connection.sql(f"SELECT {columns} FROM {speed} WHERE {quote(INGEST_SEQ)} > {int(seen)}").to_arrow_table()
+    seq = quote(INGEST_SEQ)
+    new = session.connection.sql(f"SELECT {columns} FROM {speed} WHERE {seq} > {int(seen)} AND {seq} <= {int(through)}").to_arrow_table()
     if new.num_rows == 0:
         return None
-    index = previous.views[name]
+    index = previous.views[view.name]
     if _overlay_full(index):  # this view only: a small view touched all over is cheaper to rebuild than to patch
-        return ViewIndex(view, _full(session, view)), _freshest(session, view)
+        return ViewIndex(view, _full(session, view, through)), _freshest(session, view, through)
     touched = sorted(set(zip(*(new.column(k).to_pylist() for k in view.spec.keys))), key=repr)
     partials = pa.concat_tables([*_current_states(index, touched), new.cast(view.state_schema)])
     changed = _merge_small(scratch, view, partials)
     overlay = dict(index.overlay)
     for key, (start, stop) in changed.spans.items():
         overlay[key] = (changed.states.slice(start, stop - start), changed.rows.slice(start, stop - start))
-    return ViewIndex(view, index.base, overlay), _freshest(session, view)
+    return ViewIndex(view, index.base, overlay), _freshest(session, view, through)
 
 
 def _merge_small(con: Any, view: CompiledView, partials: pa.Table) -> _Rows:
@@ -243,9 +248,10 @@ def _scratch() -> Any:
     return con
 
 
-def _freshest(session: Session, view: CompiledView) -> int | None:
-    """The newest speed batch in the view's speed table: ``serving_freshness.freshest_ingest_seq``."""
-    value = _scalar(session, f"SELECT MAX({quote(INGEST_SEQ)}) FROM {quote(sql_name(speed_view(view.name)))}")
+def _freshest(session: Session, view: CompiledView, through: int) -> int | None:
+    """The newest speed batch merged from the view's speed table (``serving_freshness.freshest_ingest_seq``)."""
+    seq = quote(INGEST_SEQ)
+    value = _scalar(session, f"SELECT MAX({seq}) FROM {quote(sql_name(speed_view(view.name)))} WHERE {seq} <= {int(through)}")
     return None if value is None else int(value)
 
 

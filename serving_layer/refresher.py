@@ -24,7 +24,7 @@ from lambdaflow.errors import TableError
 from lambdaflow.tables import Table
 from lambdaflow.views import compile_views
 from serving_layer.engine import open_session
-from serving_layer.online import OnlineSnapshot, at_one_micro_batch, indexed_versions, refresh_snapshot
+from serving_layer.online import OnlineSnapshot, indexed_versions, refresh_snapshot
 
 __all__ = ["OnlineIndex", "ProblemReport", "SnapshotUnavailable", "table_versions"]
 
@@ -123,9 +123,6 @@ class OnlineIndex:
                 t0 = time.perf_counter()
                 session = open_session(self.settings)
                 try:
-                    if previous is not None and not at_one_micro_batch(session, self.views):
-                        self.report.ok()  # caught between the speed layer's commits: the next look sees them all
-                        return False
                     fresh = refresh_snapshot(session, self.views, previous)
                 finally:
                     session.connection.close()

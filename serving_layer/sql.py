@@ -30,12 +30,18 @@ def watermark_sql(view: CompiledView) -> str:
     return f"(SELECT COALESCE(MAX({quote(BATCH_WATERMARK)}), {NO_WATERMARK}) FROM {quote(sql_name(batch_view(view.name)))})"
 
 
-def partial_rows_sql(view: CompiledView) -> str:
-    """Batch rows as of W, then speed rows after W: the two halves of the merge rule."""
+def partial_rows_sql(view: CompiledView, through: int | None = None) -> str:
+    """Batch rows as of W, then speed rows after W: the two halves of the merge rule.
+
+    Args:
+        through: speed rows of later micro-batches are left out (the online index's complete-prefix cut,
+            :func:`lambdaflow.contracts.speed.complete_through`); an integer, never caller input.
+    """
     columns = ", ".join(quote(c) for c in view.state_schema.names)
     batch = quote(sql_name(batch_view(view.name)))
     speed = quote(sql_name(speed_view(view.name)))
-    return f"SELECT {columns} FROM {batch}\nUNION ALL\nSELECT {columns} FROM {speed} WHERE {quote(INGEST_SEQ)} > {watermark_sql(view)}"
+    cut = "" if through is None else f" AND {quote(INGEST_SEQ)} <= {int(through)}"
+    return f"SELECT {columns} FROM {batch}\nUNION ALL\nSELECT {columns} FROM {speed} WHERE {quote(INGEST_SEQ)} > {watermark_sql(view)}{cut}"
 
 
 def unified_view_sql(view: CompiledView) -> str:

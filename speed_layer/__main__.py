@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lambdaflow.config import load_settings
+from lambdaflow.config import for_instance, load_settings
 from lambdaflow.errors import LambdaflowError
 from lambdaflow.spark import finish
 from speed_layer.runner import main as run
@@ -17,9 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline")
     parser.add_argument("--max-batches", type=int)
     parser.add_argument("--idle-exit", type=float, help="stop after this many seconds without records")
+    parser.add_argument("--instance", type=int, help="this instance's identity, 0 .. speed.instances-1 (default: speed.instance)")
     args = parser.parse_args(argv)
     try:
-        return run(load_settings(args.profile, args.pipeline), args.max_batches, args.idle_exit)
+        return run(for_instance(load_settings(args.profile, args.pipeline), args.instance), args.max_batches, args.idle_exit)
     except LambdaflowError as exc:  # an expected stop (bad config, a gap in the log): one line, its exit code
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -25,7 +25,7 @@ import datetime as dt
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -140,12 +140,17 @@ def raw_record(record: Any) -> RawRecord:
     return RawRecord(record.topic, record.partition, record.offset, record.key, record.value, record.timestamp)
 
 
-def acknowledgements(table: Table, app: str) -> dict[tuple[str, int, int], int]:
-    """(topic, partition, recorded next offset) → offset to resume at, for every gap an operator acknowledged."""
+def acknowledgements(table: Table, apps: Collection[str]) -> dict[tuple[str, int, int], int]:
+    """(topic, partition, recorded next offset) → offset to resume at, for every gap an operator acknowledged.
+
+    Args:
+        apps: the writers whose acknowledgements count: every instance of the group, since the positions
+            (and so the gaps) are the group's, whichever instance the operator ran the command as.
+    """
     if not table.exists():
         return {}
     rows = table.snapshot().to_arrow().to_pylist()
-    return {(r["topic"], r["partition"], r["recorded_next"]): r["resume_at"] for r in rows if r["app"] == app}
+    return {(r["topic"], r["partition"], r["recorded_next"]): r["resume_at"] for r in rows if r["app"] in apps}
 
 
 def raise_for(gaps: Sequence[Gap], command: str) -> None:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
+from lambdaflow.validation import RawRecord
 from speed_layer.microbatch import BatchResult
+
+#: Buckets of the end-to-end histogram (seconds): fine below the 1 s target, coarse above it.
+END_TO_END_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 
 
 class SpeedMetrics:
@@ -35,11 +41,23 @@ class SpeedMetrics:
         self.seq = Gauge("lambdaflow_speed_last_batch", "sequence number of the last committed micro-batch", registry=r)
         self.model_version = Gauge("lambdaflow_speed_model_version", "champion version in use (-1: none)", registry=r)
         self.freshness = Gauge("lambdaflow_speed_freshness_seconds", "now minus the newest event time ingested", registry=r)
+        self.end_to_end = Histogram(
+            "lambdaflow_speed_end_to_end_seconds",
+            "per record: from its Kafka timestamp (the producer's send) to its micro-batch being committed in every "
+            "speed table (visible in the unified views and predictions)",
+            registry=r,
+            buckets=END_TO_END_BUCKETS,
+        )
         self._server = None
         if port:
             self._server, _ = start_http_server(port, addr="127.0.0.1", registry=r)
 
-    def observe(self, result: BatchResult, lag: int) -> None:
+    def observe(self, result: BatchResult, lag: int, records: Sequence[RawRecord] = ()) -> None:
+        """Count a committed micro-batch; ``records`` (its Kafka records) feed the end-to-end histogram."""
+        now_ms = time.time() * 1000
+        for r in records:
+            if r.timestamp_ms is not None and r.timestamp_ms > 0:
+                self.end_to_end.observe(max(0.0, now_ms - r.timestamp_ms) / 1000)
         self.consumed.inc(result.records)
         self.appended.inc(result.appended)
         self.quarantined.inc(result.quarantined)

@@ -37,19 +37,21 @@ from lambdaflow.contracts.commits import (
     VALID_KEY,
     Offsets,
     app_id,
+    writer_ids,
 )
 from lambdaflow.contracts.master import first_copies, to_label_rows, to_master_rows
 from lambdaflow.contracts.paths import MASTER_EVENTS, MASTER_LABELS, PREDICTIONS, QUARANTINE, speed_view
 from lambdaflow.contracts.speed import SpeedTables, prediction_rows, quarantine_rows
-from lambdaflow.errors import TableError
+from lambdaflow.errors import ConcurrentCommitError, TableError
 from lambdaflow.faults import crash_point
 from lambdaflow.features import FeatureFunction
 from lambdaflow.schemas import INGEST_SEQ
 from lambdaflow.scoring import ChampionCache
-from lambdaflow.tables import Txn
+from lambdaflow.tables import Head, Txn
 from lambdaflow.validation import RawRecord, Reject, Validator
 from speed_layer.continuity import check_replay
 from speed_layer.dedupe import SeenEvents
+from speed_layer.fencing import check_claims, overlay, recorded_positions
 from speed_layer.state import PriorState
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,18 @@ class BatchResult:
     skipped_tables: list[str] = field(default_factory=list)
     #: events already ingested by an earlier micro-batch (kept in master/events, left out of everything else)
     duplicates: int = 0
+    #: seconds per stage: validate (decode, check, dedupe), master (the commit point), catch_up (other writers'
+    #: batches), side (quarantine, labels), features, views (partials and their commits), score, predictions
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A micro-batch already in ``master/events``, being completed in the other tables."""
+
+    seq: int
+    rows: pa.Table
+    app: str
 
 
 class SpeedPipeline:
@@ -90,6 +104,12 @@ class SpeedPipeline:
         self.seen = SeenEvents(self.tables)
         self._published: dict[str, int | None] = {}
         self.scorer = ChampionCache(settings)
+        #: the last micro-batch this writer committed, and where it holds the partitions to stand
+        #: (set by :meth:`start`); the master commit checks both (:mod:`speed_layer.fencing`)
+        self.seq = 0
+        self.believed: Offsets = {}
+        self.fingerprints: Offsets = {}
+        self._writing = self.app_id
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -101,29 +121,35 @@ class SpeedPipeline:
         """The ``master/events`` commit info of micro-batch ``seq``."""
         for limit in (50, None):
             for commit in self.tables.master.history(limit):
-                if commit.get(SEQ_KEY) == seq and commit.get(APP_KEY) == self.app_id:
+                if commit.get(SEQ_KEY) == seq:
                     return commit
         raise TableError(
-            f"master/events has no commit info for micro-batch {seq} of {self.app_id} (removed by log cleanup?): "
+            f"master/events has no commit info for micro-batch {seq} (removed by log cleanup?): "
             "the positions to resume from are unknown; restore the table's _delta_log or start a new consumer group"
         )
 
     def committed_position(self) -> tuple[Offsets, Offsets]:
-        """Where the last committed batch left each topic/partition, from one read of its commit:
-        the next offset, and the fingerprint of the last ingested record (both empty before the first batch)."""
-        seq = self.last_seq()
-        commit = {} if seq == 0 else self.batch_commit(seq)
-        return commit.get(OFFSETS_END_KEY, {}), commit.get(OFFSETS_LAST_KEY, {})
+        """Where the newest speed commit of any writer left each topic/partition: the next offset, and the
+        fingerprint of the last ingested record (both empty before the first batch; see :mod:`speed_layer.fencing`)."""
+        return recorded_positions(self.tables.master.history)
 
     def committed_offsets(self) -> Offsets:
-        """Next offset per topic/partition as of the last committed batch (empty before the first)."""
+        """Next offset per topic/partition as of the newest speed commit (empty before the first)."""
         return self.committed_position()[0]
+
+    def start(self) -> Offsets:
+        """Take up the writer's identity where the tables leave it; returns the positions to resume from."""
+        self.seq = self.last_seq()
+        self.believed, self.fingerprints = self.committed_position()
+        return self.believed
 
     def load_state(self, below_seq: int | None = None) -> None:
         """Rebuild the in-memory state from the tables: prior view state and the ids seen (before ``below_seq``)."""
         self._published = batch_view_versions(self.settings)
         self.prior.load(below_seq=below_seq, versions=self._published)
-        self.seen.load(below_seq=below_seq)
+        # the same cut as the view state: an id read from a batch the state does not hold yet would make
+        # catch_up drop that whole batch as "already seen" (another writer committing between the two reads)
+        self.seen.load(below_seq=self.prior.through + 1)
 
     def state_stale(self) -> bool:
         """True when a batch view was published (or maintained) since :meth:`load_state`: view state and horizon may have moved.
@@ -137,55 +163,59 @@ class SpeedPipeline:
     def process(
         self,
         records: Sequence[RawRecord],
-        seq: int,
         start: Offsets,
         end: Offsets,
         now: dt.datetime | None = None,
         last: Offsets | None = None,
-        committed: pa.Table | None = None,
+        replay: Replay | None = None,
     ) -> BatchResult:
-        """Run micro-batch ``seq`` over ``records`` (the consumed range ``start``..``end``).
+        """Run a micro-batch over ``records`` (the consumed range ``start``..``end``).
+
+        A new batch's sequence number is the ``master/events`` version its commit becomes
+        (:mod:`speed_layer.fencing`); that commit refuses a stale writer.
 
         Args:
+            start: first offset of the batch per topic/partition.
+            end: next offset per topic/partition after the batch (only the batch's partitions are read).
             now: the batch's ingest time (a replay passes the time recorded by the first attempt).
-            last: fingerprint of the last record per topic/partition after this batch (cumulative).
-            committed: for a replay, the batch's rows already in ``master/events``: they, not a new
-                validation and duplicate check, are what the other tables are completed from.
+            last: fingerprint of the last record per topic/partition after this batch.
+            replay: for a batch already committed to ``master/events``, its sequence number and rows:
+                they, not a new validation and duplicate check, are what the other tables are completed from.
+
+        Raises:
+            FencedError: another writer took this one's identity or one of its partitions.
         """
         t0 = time.monotonic()
+        clock = _Stages(t0)
         now = now or dt.datetime.now(dt.timezone.utc)
-        txn = Txn(self.app_id, seq)
         event_records = [r for r in records if r.topic == self.event_topic]
         label_records = [r for r in records if self.label_topic is not None and r.topic == self.label_topic]
         other = [Reject(r, f"unexpected topic {r.topic!r}") for r in records if r.topic not in (self.event_topic, self.label_topic)]
 
         valid, accepted, rejects = self.events.validate(event_records, now=now)
         spec = self.settings.pipeline.events
-        master_rows = to_master_rows(valid, spec, seq, *_coordinates(accepted), now)
+        master_rows = to_master_rows(valid, spec, 0, *_coordinates(accepted), now)
         # a repeated delivery (same event id, in this batch or an earlier one) is dropped: counted, not quarantined
-        if committed is None:
-            unique, _ = self.seen.drop_seen(first_copies(master_rows, spec.id_column, spec.time_column))
-        else:
-            unique = committed
+        unique = self.seen.drop_seen(first_copies(master_rows, spec.id_column, spec.time_column))[0] if replay is None else replay.rows
         duplicates = master_rows.num_rows - unique.num_rows
         skipped: list[str] = []
         metadata = {
-            SEQ_KEY: seq,
             APP_KEY: self.app_id,
             OFFSETS_START_KEY: start,
-            OFFSETS_END_KEY: end,
             RECORDS_KEY: len(records),
             INGESTED_AT_KEY: now.isoformat(),
-            OFFSETS_LAST_KEY: last or {},
             VALID_KEY: valid.num_rows,
             DUPLICATES_KEY: duplicates,
         }
-        self._commit(
-            MASTER_EVENTS,
-            seq,
-            lambda: self.tables.master.append(unique, txn=txn, metadata=metadata, operation="speed-append"),
-            skipped,
-        )
+        clock.mark("validate")
+        if replay is None:
+            seq, unique = self._commit_master(unique, start, end, last or {}, metadata)
+        else:
+            seq = replay.seq
+            skipped.append(MASTER_EVENTS)
+        self._writing = self.app_id if replay is None else replay.app
+        txn = Txn(self._writing, seq)
+        clock.mark("master")
 
         label_rows = None
         label_spec = self.settings.pipeline.labels
@@ -203,8 +233,16 @@ class SpeedPipeline:
         if label_rows is not None:
             self._commit(MASTER_LABELS, seq, lambda: self.tables.labels.append(label_rows, txn=txn, operation="speed-labels"), skipped)  # type: ignore[union-attr]
 
+        clock.mark("side")
+        if replay is None:
+            self.prior.catch_up(seq, self.seen)  # other writers' batches before this one, now that it has its place
+        # a copy another writer ingested first (the batch layer keeps that one) counts nowhere else
+        unique, late_copies = self.seen.drop_seen(unique)
+        duplicates += late_copies
         self.seen.add(unique)
+        clock.mark("catch_up")
         features = self.features.compute(unique, self.prior.states)
+        clock.mark("features")
         partials = {}
         for name, view in self.tables.views.items():
             part = view.partials_arrow(unique)
@@ -216,9 +254,11 @@ class SpeedPipeline:
                 functools.partial(self.tables.speed[name].append, tagged, txn=txn, operation="speed-partials"),
                 skipped,
             )
-        self.prior.advance(partials)
+        self.prior.advance(partials, seq if replay is None else None)
 
+        clock.mark("views")
         scores = self.scorer.score(features)
+        clock.mark("score")
         predictions = prediction_rows(self.settings, unique, features, scores, self.scorer.version, seq, now)
         self._commit(PREDICTIONS, seq, lambda: self.tables.predictions.append(predictions, txn=txn, operation="speed-predictions"), skipped)
         max_time = pc.max(valid.column(spec.time_column)).as_py() if valid.num_rows else None
@@ -234,44 +274,99 @@ class SpeedPipeline:
             max_time,
             skipped,
             duplicates,
+            clock.mark("predictions"),
         )
 
+    def _commit_master(self, rows: pa.Table, start: Offsets, end: Offsets, last: Offsets, metadata: dict[str, Any]) -> tuple[int, pa.Table]:
+        """Append the batch to ``master/events`` as its next version, if this writer still holds its claims.
+
+        Returns:
+            The batch's sequence number (the version committed) and its rows as committed.
+        """
+        batch_end = {t: {p: end[t][p] for p in parts} for t, parts in start.items()}
+        batch_last = {t: {p: v for p, v in last.get(t, {}).items() if p in parts} for t, parts in start.items()}
+        committed: dict[str, Any] = {}
+
+        def build(head: Head) -> tuple[pa.Table, Txn, dict[str, Any]]:
+            recorded, fingerprints = check_claims(head, self.app_id, self.seq, self.believed, start)
+            seq = head.version + 1
+            committed["end"], committed["last"] = overlay(recorded, batch_end), overlay(fingerprints, batch_last)
+            tagged = rows.set_column(rows.schema.get_field_index(INGEST_SEQ), INGEST_SEQ, pa.array(np.full(rows.num_rows, seq, np.int64)))
+            committed["rows"] = tagged
+            info = {**metadata, SEQ_KEY: seq, OFFSETS_END_KEY: committed["end"], OFFSETS_LAST_KEY: committed["last"]}
+            return tagged, Txn(self.app_id, seq), info
+
+        result = self.tables.master.append_next(build, operation="speed-append")
+        self.seq = result.version
+        self.believed, self.fingerprints = committed["end"], committed["last"]
+        crash_point(f"after:{MASTER_EVENTS}:{self.seq}")
+        return self.seq, committed["rows"]
+
     def _commit(self, name: str, seq: int, commit: Callable[[], Any], skipped: list[str]) -> None:
-        if commit().skipped:
+        try:
+            done = commit().skipped
+        except ConcurrentCommitError:
+            # two writers completing the same dead writer's batch: the txn conflict lets one through
+            if (self.tables.all()[name].txn_version(self._writing) or 0) < seq:
+                raise
+            done = True
+        if done:
             skipped.append(name)
         crash_point(f"after:{name}:{seq}")  # fault injection for the crash tests
 
     # ------------------------------------------------------------------ recovery
 
-    def recover(self, fetch: Callable[[Offsets, Offsets], list[RawRecord]]) -> BatchResult | None:
-        """Bring every table up to the last committed batch, replaying it from Kafka if any table is behind.
+    def recover(self, fetch: Callable[[Offsets, Offsets], list[RawRecord]], reload: bool = True) -> list[BatchResult]:
+        """Complete every writer's last micro-batch in the tables behind, replaying it from Kafka.
+
+        A writer completes a micro-batch before committing the next, so only each writer's last master
+        commit can be incomplete; a writer that died there (and was scaled away) is completed by any other.
 
         Args:
             fetch: returns the records of a batch given its start and end offsets.
+            reload: rebuild the feature state even when nothing was replayed (a start; a running writer's
+                state already holds every batch through :meth:`PriorState.catch_up`).
 
         Returns:
-            The replayed batch, or None when nothing was behind.
+            The replayed batches, oldest first.
         """
-        seq = self.last_seq()
-        if seq == 0:
+        master = self.tables.master.snapshot()
+        last = {w: master.txn_version(w) or 0 for w in writer_ids(self.settings) if w != self.app_id}
+        last[self.app_id] = master.txn_version(self.app_id) or 0
+        replayed = []
+        for writer, seq in sorted(last.items(), key=lambda item: item[1]):
+            behind = [name for name, table in self.tables.all().items() if seq and (table.txn_version(writer) or 0) < seq]
+            if behind:
+                replayed.append(self._replay(writer, seq, behind, fetch))
+        if replayed or reload:
             self.load_state()
-            return None
-        behind = [name for name, table in self.tables.all().items() if (table.txn_version(self.app_id) or 0) < seq]
-        if not behind:
-            self.load_state()
-            return None
+        return replayed
+
+    def _replay(self, writer: str, seq: int, behind: list[str], fetch: Callable[[Offsets, Offsets], list[RawRecord]]) -> BatchResult:
         self.load_state(below_seq=seq)  # the state the batch was first processed with
         commit = self.batch_commit(seq)
         start, end = commit.get(OFFSETS_START_KEY, {}), commit.get(OFFSETS_END_KEY, {})
         records = fetch(start, end)
         check_replay(records, start, end, commit.get(RECORDS_KEY), commit.get(OFFSETS_LAST_KEY, {}))
-        log.warning("replaying micro-batch %s for %s (%s records)", seq, behind, len(records))
+        log.warning("replaying micro-batch %s of %s for %s (%s records)", seq, writer, behind, len(records))
         ingested = commit.get(INGESTED_AT_KEY)
         when = dt.datetime.fromisoformat(ingested) if ingested else None
         rows = self.tables.master.snapshot().to_arrow(filter=pc.field(INGEST_SEQ) == seq)
-        result = self.process(records, seq, start, end, now=when, last=commit.get(OFFSETS_LAST_KEY), committed=rows)
-        self.load_state()
-        return result
+        return self.process(records, start, end, now=when, last=commit.get(OFFSETS_LAST_KEY), replay=Replay(seq, rows, writer))
+
+
+class _Stages:
+    """Seconds between successive marks, by stage name."""
+
+    def __init__(self, t0: float) -> None:
+        self.last = t0
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, stage: str) -> dict[str, float]:
+        now = time.monotonic()
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + now - self.last, 5)
+        self.last = now
+        return self.seconds
 
 
 def _coordinates(records: Sequence[RawRecord]) -> tuple[pa.Array, pa.Array]:

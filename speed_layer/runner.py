@@ -22,10 +22,11 @@ from typing import Any
 
 from lambdaflow import services
 from lambdaflow.config import Settings
-from lambdaflow.contracts.commits import Offsets
-from lambdaflow.errors import OffsetGapError, ServiceError
+from lambdaflow.contracts.commits import Offsets, writer_ids
+from lambdaflow.errors import FencedError, OffsetGapError, ServiceError
 from lambdaflow.validation import RawRecord
 from speed_layer.continuity import Gap, acknowledgements, find_gaps, fingerprint, gap_row, raise_for, raw_record
+from speed_layer.fetcher import Fetcher, Polled
 from speed_layer.metrics import SpeedMetrics
 from speed_layer.microbatch import BatchResult, SpeedPipeline
 
@@ -33,8 +34,8 @@ from speed_layer.microbatch import BatchResult, SpeedPipeline
 ACKNOWLEDGE = "lambdaflow speed acknowledge-gap"
 #: How often the consumer refreshes topic metadata (kafka-python's default is 5 minutes).
 METADATA_MAX_AGE_MS = 10_000
-#: How long a consumer may stay without partitions before it is made anew (a join normally takes seconds).
-RESTART_UNASSIGNED_SECONDS = 30.0
+#: How long without an assignment before the layer says so (and again after each such period).
+UNASSIGNED_WARNING_SECONDS = 30.0
 
 log = logging.getLogger("lambdaflow.speed")
 
@@ -111,6 +112,9 @@ class SpeedLayer:
         port = settings.profile.speed.metrics_port if metrics_port is None else metrics_port
         self.metrics = SpeedMetrics(port)
         self._unassigned_since: float | None = None
+        self.rebalanced = False
+        #: where each topic/partition stands (the recorded positions, or past an acknowledged gap)
+        self.positions: Offsets = {}
 
     def stop(self, *_: Any) -> None:
         """Finish the current micro-batch, then exit the loop."""
@@ -119,6 +123,8 @@ class SpeedLayer:
     def _consumer(self) -> Any:
         from kafka import KafkaConsumer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
+        from kafka.coordinator.assignors.range import RangePartitionAssignor
+        from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
         speed = self.settings.profile.speed
         consumer = KafkaConsumer(
@@ -131,35 +137,29 @@ class SpeedLayer:
             max_poll_records=min(speed.max_batch_records, 10_000),
             # static membership: a restarted instance takes its old place at once instead of
             # waiting a session timeout for the dead member to leave the group
-            group_instance_id=f"{speed.consumer_group}-0",
+            group_instance_id=f"{speed.consumer_group}-{speed.instance}",
+            # eager protocols only: every partition is revoked and re-seeked from the tables on a rebalance
+            # (an incremental one would keep partitions whose fetched records the fetcher drops)
+            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
             fetch_max_bytes=64 << 20,
-            # a join that saw a topic without its partitions is corrected only by a metadata refresh
+            # a join that saw a topic without its partitions gets an empty assignment and is only corrected
+            # by the next metadata refresh (5 min by default): the suspect of joins that never got data
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
             **services.CONSUMER_TIMEOUTS,
         )
         layer = self
 
         class SeekToDelta(ConsumerRebalanceListener):
-            """Delta, not the group, says where to resume."""
+            """Delta, not the group, says where to resume; a rebalance waits for the batch in flight."""
 
             def on_partitions_revoked(self, revoked: Any) -> None:
-                pass
+                with layer.fetcher.lock:
+                    layer.fetcher.new_generation()
 
             def on_partitions_assigned(self, assigned: Any) -> None:
-                recorded = layer.pipeline.committed_offsets()
-                positions = {t: dict(p) for t, p in recorded.items()}
-                for tp in assigned:
-                    offset = recorded.get(tp.topic, {}).get(str(tp.partition))
-                    gap = layer.resume_at.get((tp.topic, tp.partition))
-                    if gap is not None and gap[0] == offset:  # past an acknowledged gap, until a batch moves on
-                        offset = gap[1]
-                    if offset is None:
-                        consumer.seek_to_beginning(tp)
-                    else:
-                        consumer.seek(tp, offset)
-                        positions.setdefault(tp.topic, {})[str(tp.partition)] = offset
-                layer.positions = positions
-                log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+                with layer.fetcher.lock:
+                    layer._seek_assigned(consumer, assigned)
+                    layer.fetcher.new_generation()
 
         topics = [t for t in (self.pipeline.event_topic, self.pipeline.label_topic) if t]
         for topic in topics:
@@ -168,13 +168,43 @@ class SpeedLayer:
         consumer.subscribe(topics, listener=SeekToDelta())
         return consumer
 
+    def _seek_assigned(self, consumer: Any, assigned: Any) -> None:
+        """Seek every assigned partition to where the tables say it stands (runs with no batch in flight)."""
+        self.fetcher.mark_joined()
+        recorded, self.fingerprints = self.pipeline.committed_position()
+        # a process replacing this instance (same --instance) takes up its identity where the tables leave it
+        self.pipeline.seq = self.pipeline.last_seq()
+        positions = {t: dict(p) for t, p in recorded.items()}
+        for tp in assigned:
+            offset = recorded.get(tp.topic, {}).get(str(tp.partition))
+            gap = self.resume_at.get((tp.topic, tp.partition))
+            if gap is not None and gap[0] == offset:  # past an acknowledged gap, until a batch moves on
+                offset = gap[1]
+            if offset is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+                positions.setdefault(tp.topic, {})[str(tp.partition)] = offset
+        self.positions = positions
+        self.pipeline.believed = recorded  # what the tables say, past an acknowledged gap too
+        self._unassigned_since = None
+        self.rebalanced = True  # a writer that left may have left a batch half done
+        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
     def run(
         self,
         max_batches: int | None = None,
         idle_exit_seconds: float | None = None,
         on_batch: Callable[[BatchResult], None] | None = None,
     ) -> list[BatchResult]:
-        """Consume until stopped (or ``max_batches`` / ``idle_exit_seconds`` of silence, for tests and demos)."""
+        """Consume until stopped (or ``max_batches`` / ``idle_exit_seconds`` of silence, for tests and demos).
+
+        Raises:
+            FencedError: another process took this one's identity or partitions; nothing more was committed.
+            OffsetGapError: the log does not continue where the tables say the layer stopped.
+        """
+        from kafka.errors import FencedInstanceIdError, UnreleasedInstanceIdError
+
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
@@ -182,84 +212,91 @@ class SpeedLayer:
         self.pipeline.scorer.refresh(force=True)
         # the log must continue where the tables say the layer stopped before anything is read from it
         self._check_continuity()
-        replayed = self.pipeline.recover(lambda s, e: fetch_range(self.kafka, s, e))
-        if replayed:
-            log.warning("recovered micro-batch %s", replayed.seq, extra={"batch": replayed.__dict__})
-        self.positions: Offsets = self.pipeline.committed_offsets()
-        consumer = self._consumer()
-        seq = self.pipeline.last_seq()
+        self._recover()
+        self.positions = self.pipeline.start()
+        speed = self.settings.profile.speed
+        self.fetcher = Fetcher(self._consumer, speed.max_batch_records, speed.max_batch_seconds, self._warn_if_unassigned)
         results: list[BatchResult] = []
         idle_since = time.monotonic()
-        speed = self.settings.profile.speed
+        caught_up = False
+        checked = time.monotonic()
+        self.fetcher.start()
         try:
             while not self.stopping:
-                records = self._poll_batch(consumer, speed.max_batch_records, speed.max_batch_seconds)
-                if self._unassigned_since is not None and time.monotonic() - self._unassigned_since > RESTART_UNASSIGNED_SECONDS:
-                    # kafka-python 3.0 has been seen never to join (CI stop 17): start over as the same static member
-                    log.warning("no partitions assigned for %.0f s: starting over with a new Kafka consumer", RESTART_UNASSIGNED_SECONDS)
-                    consumer.close(autocommit=False)
-                    consumer = self._consumer()
-                    self._unassigned_since = None
+                polled = self._next_batch()
                 self.pipeline.scorer.refresh()
-                if self.pipeline.state_stale():
-                    self.pipeline.load_state()
-                if not records:
-                    if not self._caught_up(consumer):
-                        idle_since = time.monotonic()  # quiet because not yet assigned or fetching: not idle
-                    elif idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
-                        break
-                    continue
-                idle_since = time.monotonic()
-                start, end, last = self._ranges(records)
-                seq += 1
-                result = self.pipeline.process(records, seq, start, end, last=last)
-                self.positions, self.fingerprints = end, last
-                self.resume_at.clear()  # the recorded positions now lie past every acknowledged gap
-                self._commit_group(consumer, end)
-                self.metrics.observe(result, self._lag(consumer))
-                log.info("micro-batch %s", seq, extra={"batch": result.__dict__})
+                if self.rebalanced:  # outside the lock: the rebalance callbacks run on kafka-python's network thread
+                    self.rebalanced = False
+                    self._recover(reload=False)
+                with self.fetcher.lock:  # a rebalance waits for this batch, and drops what was fetched before it
+                    busy = polled is not None and bool(polled.records)
+                    if busy or time.monotonic() - checked > 1.0:  # before every batch: features must see the published W
+                        checked = time.monotonic()
+                        if self.pipeline.state_stale():
+                            self.pipeline.load_state()
+                    caught_up = polled.caught_up if polled is not None else caught_up
+                    if polled is None or not polled.records or polled.generation != self.fetcher.generation:
+                        if not caught_up:
+                            idle_since = time.monotonic()  # quiet because not yet assigned or fetching: not idle
+                        elif idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
+                            break
+                        continue
+                    idle_since = time.monotonic()
+                    start, end, last = self._ranges(polled.records)
+                    result = self.pipeline.process(polled.records, start, end, last=last)
+                    self.positions, self.fingerprints = self.pipeline.believed, self.pipeline.fingerprints
+                    for topic, parts in start.items():  # the recorded positions now lie past these partitions' gaps
+                        for p in parts:
+                            self.resume_at.pop((topic, int(p)), None)
+                self.fetcher.commit_group(_group_offsets(start, end))
+                self.metrics.observe(result, polled.lag, polled.records)
+                log.info("micro-batch %s", result.seq, extra={"batch": result.__dict__})
                 results.append(result)
                 if on_batch is not None:
                     on_batch(result)
                 if max_batches is not None and len(results) >= max_batches:
                     break
+        except (FencedInstanceIdError, UnreleasedInstanceIdError) as exc:
+            member = f"{speed.consumer_group}-{speed.instance}"
+            raise FencedError(
+                f"another process joined consumer group {speed.consumer_group!r} as static member {member!r} "
+                f"({type(exc).__name__}); this one stops (run one process per --instance)"
+            ) from exc
         finally:
-            consumer.close(autocommit=False)
+            self.fetcher.stop()
+            self.fetcher.join(timeout=10)
+            self.fetcher.consumer.close(autocommit=False)
             self.metrics.close()
         return results
 
-    def _poll_batch(self, consumer: Any, max_records: int, max_seconds: float) -> list[RawRecord]:
+    def _next_batch(self) -> Polled | None:
         from kafka.errors import OffsetOutOfRangeError
 
-        records: list[RawRecord] = []
-        fetched: set[tuple[str, int, int]] = set()
-        deadline = time.monotonic() + max_seconds
-        while len(records) < max_records and not self.stopping:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                polled = consumer.poll(timeout_ms=int(remaining * 1000), max_records=max_records - len(records))
-            except OffsetOutOfRangeError as exc:
-                # the log moved under us (retention while lagging, a reset topic): say where, then stop;
-                # this batch's records are not committed, so the committed positions are where to look
-                raise_for(find_gaps(self.kafka, self.positions, self.fingerprints), ACKNOWLEDGE)
-                raise OffsetGapError(
-                    f"Kafka reports positions out of range ({exc}), but the log looks continuous now: restart the speed layer"
-                ) from exc
-            if not polled and not consumer.assignment():
-                time.sleep(0.05)  # poll returns at once while the group coordinator is unknown: wait, do not spin
-                self._unassigned_since = self._unassigned_since or time.monotonic()
-            elif consumer.assignment():
-                self._unassigned_since = None
-            for batch in polled.values():
-                for r in batch:
-                    # a rebalance in the middle of a batch seeks back to the recorded positions: the records
-                    # fetched again are already in this batch
-                    if (r.topic, r.partition, r.offset) not in fetched:
-                        fetched.add((r.topic, r.partition, r.offset))
-                        records.append(raw_record(r))
-        return records
+        try:
+            return self.fetcher.next(timeout=0.2)
+        except OffsetOutOfRangeError as exc:
+            # the log moved under us (retention while lagging, a reset topic): say where, then stop;
+            # the records fetched since are not committed, so the committed positions are where to look
+            raise_for(find_gaps(self.kafka, self.positions, self.fingerprints), ACKNOWLEDGE)
+            raise OffsetGapError(
+                f"Kafka reports positions out of range ({exc}), but the log looks continuous now: restart the speed layer"
+            ) from exc
+
+    def _recover(self, reload: bool = True) -> None:
+        for replayed in self.pipeline.recover(lambda s, e: fetch_range(self.kafka, s, e), reload):
+            log.warning("recovered micro-batch %s", replayed.seq, extra={"batch": replayed.__dict__})
+
+    def _warn_if_unassigned(self, consumer: Any) -> None:
+        """Say so, every :data:`UNASSIGNED_WARNING_SECONDS`, while the group has given this instance nothing."""
+        now = time.monotonic()
+        since = self._unassigned_since = self._unassigned_since or now
+        if now - since >= UNASSIGNED_WARNING_SECONDS:
+            self._unassigned_since = now
+            log.warning(
+                "no partitions assigned for %.0f s (subscribed to %s); the group may be rebalancing",
+                now - since,
+                sorted(consumer.subscription() or ()),
+            )
 
     def _ranges(self, records: list[RawRecord]) -> tuple[Offsets, Offsets, Offsets]:
         """Start offsets of this batch, the cumulative next offsets after it, and the last record's fingerprints."""
@@ -287,7 +324,7 @@ class SpeedLayer:
         topics = {t for t in (self.pipeline.event_topic, self.pipeline.label_topic) if t}
         offsets, self.fingerprints = self.pipeline.committed_position()
         recorded = {t: p for t, p in offsets.items() if t in topics}  # topics still read
-        acknowledged = acknowledgements(self.pipeline.tables.offset_gaps, self.pipeline.app_id)
+        acknowledged = acknowledgements(self.pipeline.tables.offset_gaps, writer_ids(self.settings))
         gaps = find_gaps(self.kafka, recorded, self.fingerprints)
         still_open = [g for g in gaps if (g.topic, g.partition, g.recorded_next) not in acknowledged]
         raise_for(still_open, ACKNOWLEDGE)
@@ -296,50 +333,26 @@ class SpeedLayer:
             self.resume_at[(g.topic, g.partition)] = (g.recorded_next, resume)
             log.warning("continuing %s[%s] at offset %s past an acknowledged gap", g.topic, g.partition, resume)
 
-    def _commit_group(self, consumer: Any, end: Offsets) -> None:
-        from kafka import OffsetAndMetadata, TopicPartition
-
-        offsets = {TopicPartition(t, int(p)): OffsetAndMetadata(o, "", -1) for t, ps in end.items() for p, o in ps.items()}
-        try:
-            consumer.commit(offsets)
-        except Exception as exc:  # noqa: BLE001 - group offsets are for monitoring; Delta holds the truth
-            log.warning("could not commit group offsets (monitoring only): %s", exc)
-
-    def _caught_up(self, consumer: Any) -> bool:
-        """True when partitions are assigned and every position has reached its high-water mark."""
-        assigned = consumer.assignment()
-        if not assigned:
-            return False
-        for tp in assigned:
-            high = consumer.highwater(tp)
-            if high is None or consumer.position(tp) < high:
-                return False
-        return True
-
-    def _lag(self, consumer: Any) -> int:
-        lag = 0
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is not None:
-                lag += max(0, high - consumer.position(tp))
-        return lag
-
 
 def _wait_for_partitions(consumer: Any, topic: str, seconds: float = 30.0) -> None:
     """Block until the consumer's metadata lists the topic's partitions.
 
     A group leader whose metadata lacks them (a topic created a moment ago) assigns nothing, and kafka-python
-    3.0 does not rejoin when they appear: the member sat with no partitions until the suite's drain timed out
-    ("No partition metadata for topic …", then an empty assignment: CI stop 17).
-
-    Raises:
-        ServiceError: the partitions are still unknown after ``seconds``.
+    3.0 does not rejoin when they appear: the member sat with no partitions until the drain timed out
+    ("No partition metadata for topic …", then "assigned []": the suite's stuck first joins).
     """
     deadline = time.monotonic() + seconds
     while not consumer.partitions_for_topic(topic):
         if time.monotonic() > deadline:
             raise ServiceError(f"Kafka lists no partitions for topic {topic!r} after {seconds:.0f} s")
         time.sleep(0.1)
+
+
+def _group_offsets(start: Offsets, end: Offsets) -> dict[Any, Any]:
+    """Group offsets of a batch's partitions (the consumer group's progress, for lag monitoring only)."""
+    from kafka import OffsetAndMetadata, TopicPartition
+
+    return {TopicPartition(t, int(p)): OffsetAndMetadata(end[t][p], "", -1) for t, parts in start.items() for p in parts}
 
 
 def acknowledge_gap(settings: Settings, topic: str, partition: int, reason: str, by: str) -> Gap:

@@ -33,7 +33,6 @@ from batch_layer import cycle
 from batch_layer.training import build_training_set
 from batch_layer.views import recompute_views
 from lambdaflow import producer, registry, services
-from lambdaflow.contracts.commits import app_id
 from lambdaflow.contracts.master import first_copies
 from lambdaflow.contracts.speed import SpeedTables
 from lambdaflow.faults import CRASH_AT_ENV, CRASH_MODE_ENV, SimulatedCrash
@@ -108,8 +107,8 @@ class LambdaMachine(RuleBasedStateMachine):
 
     @rule(point=st.sampled_from(COMMIT_POINTS))
     def crash_and_restart(self, point: str) -> None:
-        seq = SpeedTables(self.settings).master.txn_version(app_id(self.settings)) or 0
-        os.environ[CRASH_AT_ENV], os.environ[CRASH_MODE_ENV] = f"after:{point}:{seq + 1}", "raise"
+        seq = SpeedTables(self.settings).master.version() + 1  # the next micro-batch becomes master's next version
+        os.environ[CRASH_AT_ENV], os.environ[CRASH_MODE_ENV] = f"after:{point}:{seq}", "raise"
         try:
             SpeedLayer(self.settings, metrics_port=0).run(idle_exit_seconds=1.0)
         except SimulatedCrash:

@@ -32,6 +32,7 @@ from lambdaflow.config.common import (
 from lambdaflow.config.loading import (
     Settings,
     default_conf_dir,
+    for_instance,
     load_pipeline,
     load_profile,
     load_settings,
@@ -118,6 +119,7 @@ __all__ = [
     "ViewFeature",
     "ViewSpec",
     "default_conf_dir",
+    "for_instance",
     "load_pipeline",
     "load_profile",
     "load_settings",

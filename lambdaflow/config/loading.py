@@ -25,12 +25,13 @@ from pydantic_core import ErrorDetails
 
 from lambdaflow.config.common import DEFAULT_PROFILE, ENV_CONF_DIR, ENV_PIPELINE, ENV_PROFILE, is_secret
 from lambdaflow.config.pipeline import PipelineConfig
-from lambdaflow.config.profile import ProfileConfig
+from lambdaflow.config.profile import ProfileConfig, SpeedConfig
 from lambdaflow.errors import ConfigError
 
 __all__ = [
     "Settings",
     "default_conf_dir",
+    "for_instance",
     "load_pipeline",
     "load_profile",
     "load_settings",
@@ -290,3 +291,15 @@ def load_settings(profile: str | None = None, pipeline: str | Path | None = None
         pipeline_path=pipeline_path,
         profile_path=profile_path,
     )
+
+
+def for_instance(settings: Settings, instance: int | None) -> Settings:
+    """``settings`` for speed-layer instance ``instance`` (`--instance K`); unchanged when None.
+
+    Raises:
+        ConfigError: ``instance`` is outside ``speed.instances``; the message names both keys.
+    """
+    if instance is None:
+        return settings
+    speed = _validate(SpeedConfig, {**settings.profile.speed.model_dump(), "instance": instance}, settings.profile_path)
+    return settings.model_copy(update={"profile": settings.profile.model_copy(update={"speed": speed})})

@@ -188,6 +188,25 @@ class SpeedConfig(StrictModel):
     max_batch_records: int = Field(default=20000, gt=0)
     max_batch_seconds: float = Field(default=2.0, gt=0)
     metrics_port: int = Field(default=9108, ge=0, lt=65536)
+    instances: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="How many speed-layer instances may share the consumer group: writer identities 0 .. instances-1. "
+        "Readers (serving, recovery) follow each identity's progress, so raise it before starting more instances.",
+    )
+    instance: int = Field(
+        default=0, ge=0, description="This process's identity (its static group membership and Delta writer id); `--instance K`."
+    )
+
+    @model_validator(mode="after")
+    def _instance_in_range(self) -> SpeedConfig:
+        if self.instance >= self.instances:
+            raise ValueError(
+                f"speed.instance is {self.instance} but speed.instances is {self.instances}: identities run from 0 to "
+                f"{self.instances - 1}; raise speed.instances to run more instances"
+            )
+        return self
 
 
 class ServingConfig(StrictModel):

@@ -26,6 +26,7 @@ __all__ = [
     "VIEW_FINGERPRINT_KEY",
     "WATERMARK_KEY",
     "app_id",
+    "writer_ids",
 ]
 
 #: Batch-view, training-set commits: the watermark W (largest ``_ingest_seq``) of the master snapshot read.
@@ -62,6 +63,16 @@ DUPLICATES_KEY = "lambdaflow.duplicates"
 Offsets = dict[str, dict[str, int]]
 
 
-def app_id(settings: Settings) -> str:
-    """The speed layer's writer identity in Delta ``txn`` actions: pipeline name + consumer group."""
-    return f"{settings.pipeline.name}/{settings.profile.speed.consumer_group}"
+def app_id(settings: Settings, instance: int | None = None) -> str:
+    """A speed-layer writer identity in Delta ``txn`` actions: pipeline, consumer group and instance.
+
+    Args:
+        instance: the instance (default: the profile's ``speed.instance``, this process's own).
+    """
+    speed = settings.profile.speed
+    return f"{settings.pipeline.name}/{speed.consumer_group}/{speed.instance if instance is None else instance}"
+
+
+def writer_ids(settings: Settings) -> list[str]:
+    """Every writer identity the profile allows (``speed.instances``): readers follow each one's progress."""
+    return [app_id(settings, k) for k in range(settings.profile.speed.instances)]

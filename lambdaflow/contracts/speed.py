@@ -19,7 +19,7 @@ from lambdaflow.contracts.master import events_table, labels_table
 from lambdaflow.contracts.paths import MASTER_EVENTS, MASTER_LABELS, OFFSET_GAPS, PREDICTIONS, QUARANTINE, speed_view, table_uri
 from lambdaflow.schemas import INGEST_SEQ, arrow_type
 from lambdaflow.scoring import feature_matrix
-from lambdaflow.tables import Table
+from lambdaflow.tables import Snapshot, Table
 from lambdaflow.validation import Reject
 from lambdaflow.views import CompiledView, compile_views
 
@@ -31,6 +31,8 @@ __all__ = [
     "predictions_schema",
     "quarantine_rows",
     "speed_view_schema",
+    "complete_through",
+    "writer_marks",
 ]
 
 QUARANTINE_SCHEMA = pa.schema(
@@ -190,3 +192,27 @@ def prediction_rows(
         },
         schema=predictions_schema(settings),
     )
+
+
+def writer_marks(snapshot: Snapshot, writers: Sequence[str]) -> tuple[int, ...]:
+    """Each speed-layer writer's last micro-batch in a table snapshot, in ``writers`` order (0 before its first).
+
+    Writers commit their micro-batches independently: a reader that compares tables compares these tuples,
+    and the freshest micro-batch of a table is their maximum.
+    """
+    return tuple(snapshot.txn_version(w) or 0 for w in writers)
+
+
+def complete_through(master: tuple[int, ...], speed: Sequence[tuple[int, ...]]) -> int:
+    """The newest micro-batch ``s`` such that every micro-batch up to ``s``, of every writer, is in every speed table.
+
+    Writers commit independently, so a reader that took every speed row it found could hold writer A's batch 10
+    without writer B's batch 9. Each writer completes a batch before committing its next one to ``master/events``,
+    so a writer's only incomplete batch is its last master commit: the cut stops just before the oldest of those.
+
+    Args:
+        master: :func:`writer_marks` of ``master/events``.
+        speed: :func:`writer_marks` of each speed table, in the same writer order.
+    """
+    pending = [m for i, m in enumerate(master) if any(marks[i] < m for marks in speed)]
+    return min(pending) - 1 if pending else max(master, default=0)

@@ -36,7 +36,7 @@ Importing this package never imports pyspark.
 from __future__ import annotations
 
 from lambdaflow.errors import ConcurrentCommitError, PartitionFilterError, TableError, TableMissingError
-from lambdaflow.tables.actions import CommitResult, DataFile, Txn
+from lambdaflow.tables.actions import CommitResult, DataFile, Head, Txn
 from lambdaflow.tables.layout import (
     MAX_STRING_STAT,
     NULL_PARTITION,
@@ -63,6 +63,7 @@ __all__ = [
     "CommitResult",
     "ConcurrentCommitError",
     "DataFile",
+    "Head",
     "PartitionFilterError",
     "Snapshot",
     "Table",

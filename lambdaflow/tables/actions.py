@@ -17,13 +17,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from deltalake import DeltaTable
 from deltalake.transaction import AddAction, RemoveAction
 
 from lambdaflow.errors import PartitionFilterError
 
-__all__ = ["CommitResult", "DataFile", "Txn", "already_committed", "check_inside", "remove_action"]
+__all__ = ["CommitResult", "DataFile", "Head", "Txn", "already_committed", "check_inside", "remove_action"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,26 @@ class Txn:
 
     app_id: str
     version: int
+
+
+@dataclass(frozen=True)
+class Head:
+    """The table version an exact append is built against (:meth:`lambdaflow.tables.Table.append_next`).
+
+    Attributes:
+        version: the version read; the append commits version + 1 or nothing.
+    """
+
+    version: int
+    _delta: DeltaTable
+
+    def txn_version(self, app_id: str) -> int | None:
+        """The application's last ``txn`` version at this version."""
+        return self._delta.transaction_version(app_id)
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commit infos, newest first (they may run past :attr:`version` when another writer committed since)."""
+        return self._delta.history(limit)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ row deletes on the same path) is one unit; the Spark path and maintenance live a
 from __future__ import annotations
 
 import datetime as dt
+import random
 import time
 import urllib.parse
 import uuid
@@ -30,7 +31,7 @@ from deltalake.transaction import AddAction, RemoveAction, create_table_with_add
 
 from lambdaflow.contracts.paths import filesystem, join
 from lambdaflow.errors import ConcurrentCommitError, TableError, TableMissingError
-from lambdaflow.tables.actions import CommitResult, DataFile, Txn, already_committed, check_inside, remove_action
+from lambdaflow.tables.actions import CommitResult, DataFile, Head, Txn, already_committed, check_inside, remove_action
 from lambdaflow.tables.layout import (
     OPERATION_KEY,
     WriteMode,
@@ -253,6 +254,7 @@ class Table:
         metadata: Mapping[str, Any] | None = None,
         operation: str | None = None,
         _delta: DeltaTable | None = None,
+        _exact: bool = False,
     ) -> CommitResult:
         """Commit written data files in one transaction.
 
@@ -268,6 +270,7 @@ class Table:
             operation: a name recorded in the commit metadata.
             _delta: the snapshot to commit through (default: the latest); the
                 ``txn`` check uses the same one, so a stale writer fails.
+            _exact: commit as the snapshot's next version or not at all (no rebase onto newer commits).
 
         Returns:
             The new version, or ``skipped=True`` when ``txn`` was already committed.
@@ -301,7 +304,7 @@ class Table:
         props = CommitProperties(
             custom_metadata=custom or None,
             app_transactions=[Transaction(txn.app_id, txn.version)] if txn else None,
-            max_commit_retries=None,
+            max_commit_retries=0 if _exact else None,
         )
         try:
             delta.create_write_transaction(
@@ -362,6 +365,37 @@ class Table:
         except TableError:
             self._delete_quietly(files)
             raise
+
+    def append_next(
+        self,
+        build: Callable[[Head], tuple[pa.Table, Txn | None, Mapping[str, Any]]],
+        *,
+        operation: str | None = None,
+        attempts: int = 100,
+    ) -> CommitResult:
+        """Append as exactly the next version of the table: a compare-and-set on the whole table.
+
+        ``build`` is called with the version read and returns the rows, ``txn`` and commit metadata
+        for the version after it; it may raise to refuse (its checks hold for that version only). When
+        another writer commits first, nothing is committed and ``build`` runs again on the newer version.
+
+        Raises:
+            ConcurrentCommitError: every one of ``attempts`` lost the race.
+            TableError: the rows do not fit the table schema.
+        """
+        for _ in range(attempts):
+            delta = self._delta()
+            data, txn, metadata = build(Head(delta.version(), delta))
+            files = self.write_files(data, *delta_layout(delta))
+            try:
+                return self.commit_files(files, "append", txn=txn, metadata=metadata, operation=operation, _delta=delta, _exact=True)
+            except ConcurrentCommitError:
+                self._delete_quietly(files)
+                time.sleep(random.uniform(0, 0.02))  # writers that lost together do not race again in step
+            except TableError:
+                self._delete_quietly(files)
+                raise
+        raise ConcurrentCommitError(f"{self.uri}: {attempts} attempts to append as the next version lost to other writers")
 
     def append(self, data: pa.Table, **kwargs: Any) -> CommitResult:
         """Append Arrow rows (see :meth:`write`)."""

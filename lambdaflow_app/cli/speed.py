@@ -16,11 +16,18 @@ app = typer.Typer(help="The speed layer: Kafka micro-batches into Delta, exactly
 def speed_run(
     max_batches: Annotated[Optional[int], typer.Option(help="Stop after this many micro-batches.")] = None,
     idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many seconds without records.")] = None,
+    instance: Annotated[
+        Optional[int], typer.Option(help="This instance's identity, 0 .. speed.instances-1 (default: the profile's speed.instance).")
+    ] = None,
 ) -> None:
-    """Consume, validate, append, score and aggregate until SIGTERM/SIGINT (structured logs on stderr)."""
+    """Consume, validate, append, score and aggregate until SIGTERM/SIGINT (structured logs on stderr).
+
+    Run one process per instance identity; the consumer group spreads the partitions over them.
+    """
+    from lambdaflow.config import for_instance
     from speed_layer.runner import main as run
 
-    finish(run(state.settings(), max_batches, idle_exit))
+    finish(run(for_instance(state.settings(), instance), max_batches, idle_exit))
 
 
 @app.command("acknowledge-gap")

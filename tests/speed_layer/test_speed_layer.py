@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from kafka import KafkaProducer
 
 from lambdaflow import producer, registry, services
-from lambdaflow.contracts.commits import app_id
+from lambdaflow.contracts.commits import app_id, writer_ids
 from lambdaflow.contracts.speed import SpeedTables
 from lambdaflow.faults import CRASH_AT_ENV
 from lambdaflow.features import FeatureFunction
@@ -75,17 +75,17 @@ def check_exactly_once(env: SpeedEnv, produced_ids: list[str], bad_offsets: int 
     assert len(coords) == len(set(coords)) == len(produced_ids) + bad_offsets
     # every speed partial belongs to exactly one batch and equals the partials of that batch's master rows
     seqs = set(master.column(INGEST_SEQ).to_pylist())
-    last = tables.master.txn_version(app_id(env.settings))
+    lasts = {w: tables.master.txn_version(w) for w in writer_ids(env.settings)}
     for name, view in tables.views.items():
         speed = tables.speed[name].snapshot().to_arrow()
-        assert set(speed.column(INGEST_SEQ).to_pylist()) <= seqs | {last}
+        assert set(speed.column(INGEST_SEQ).to_pylist()) <= seqs | set(lasts.values())
         for seq in sorted(seqs)[:: max(1, len(seqs) // 8)]:
             mine = speed.filter(pc.equal(speed[INGEST_SEQ], seq)).drop_columns([INGEST_SEQ])
             rows = master.filter(pc.equal(master[INGEST_SEQ], seq))
             want = view.partials_arrow(rows)
             key = [(c, "ascending") for c in view.group_columns]
             assert mine.sort_by(key).equals(want.sort_by(key)), (name, seq)
-        assert tables.speed[name].txn_version(app_id(env.settings)) == last
+        assert {w: tables.speed[name].txn_version(w) for w in lasts} == lasts  # no writer left a batch half done
     predictions = tables.predictions.snapshot().to_arrow()
     assert sorted(predictions.column("event_id").to_pylist()) == sorted(produced_ids)
 
