@@ -191,12 +191,14 @@ def test_a_batch_cycle_with_maintenance_while_the_speed_layer_runs_keeps_its_fea
     finally:
         spark.conf.unset("spark.sql.adaptive.coalescePartitions.enabled")
     send(speed_env, sample.events.slice(3000))  # new events, featurised by the running layer after the cycle
-    deadline = time.time() + 120
-    while time.time() < deadline and tables.master.snapshot().num_records < 6000:
+    deadline = time.time() + 240
+    while time.time() < deadline and tables.predictions.snapshot().num_records < 6000:
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
+    # a layer that stalled would fail the feature check below with an empty set: say so with its log
+    assert tables.master.snapshot().num_records == 6000, err[-3000:]
 
     new_ids = set(sample.events.slice(3000).column("event_id").to_pylist())
     predictions = tables.predictions.snapshot().to_arrow()

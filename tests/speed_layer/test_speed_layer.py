@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 
@@ -36,13 +37,29 @@ def send(env: SpeedEnv, events: pa.Table, labels: pa.Table | None = None) -> Non
     producer.produce(env.bootstrap, streams)
 
 
-def start(env: SpeedEnv, *extra: str, crash_after: str | None = None) -> subprocess.Popen[str]:
+class LayerProcess(subprocess.Popen[str]):
+    """A speed-layer process whose log goes to a file.
+
+    A pipe that nobody reads while the test polls the tables fills after some 64 KiB of log lines, and the
+    layer then blocks on its next log line: a long run with many small micro-batches stalled that way.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.log = tempfile.TemporaryFile("w+", encoding="utf-8")
+        super().__init__(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
+
+    def communicate(self, input: str | None = None, timeout: float | None = None) -> tuple[None, str]:
+        """Wait for the process; returns (None, its whole log)."""
+        self.wait(timeout)
+        self.log.seek(0)
+        return None, self.log.read()
+
+
+def start(env: SpeedEnv, *extra: str, crash_after: str | None = None) -> LayerProcess:
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     if crash_after:
         environment[CRASH_AT_ENV] = f"after:{crash_after}"
-    return subprocess.Popen(
-        [*SPEED, *env.cli_args, *extra], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    return LayerProcess([*SPEED, *env.cli_args, *extra], environment)
 
 
 def drain(env: SpeedEnv, idle: float = 4) -> str:
