@@ -1,20 +1,17 @@
-"""The long-running speed layer: a kafka-python consumer in a group, feeding micro-batches.
+"""The long-running speed layer: micro-batches from a fetch process that is a member of the consumer group.
 
 Start-up: reconcile the tables (replay the last batch where a table is behind),
-then seek every assigned partition to the offsets recorded in the last
+then read every assigned partition from the offsets recorded in the last
 ``master/events`` commit — Kafka's group offsets are only for lag monitoring
-and are committed after the Delta commits. A micro-batch closes at
-``speed.max_batch_records`` records or after ``speed.max_batch_seconds``.
-SIGTERM/SIGINT finish the current batch, then stop.
+and are committed after the Delta commits. The fetch process
+(:mod:`speed_layer.fetch_worker`) polls while a batch is processed and closes
+batches adaptively. SIGTERM/SIGINT finish the current batch, then stop.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,10 +20,11 @@ from typing import Any
 from lambdaflow import services
 from lambdaflow.config import Settings
 from lambdaflow.contracts.commits import Offsets, writer_ids
-from lambdaflow.errors import FencedError, OffsetGapError, ServiceError
+from lambdaflow.errors import FencedError, OffsetGapError
 from lambdaflow.validation import RawRecord
 from speed_layer.continuity import Gap, acknowledgements, find_gaps, fingerprint, gap_row, raise_for, raw_record
-from speed_layer.fetcher import Fetcher, Polled
+from speed_layer.fetcher import Fetcher, FetchSpec, Polled
+from speed_layer.logs import configure_logging
 from speed_layer.metrics import SpeedMetrics
 from speed_layer.microbatch import BatchResult, SpeedPipeline
 
@@ -34,40 +32,8 @@ from speed_layer.microbatch import BatchResult, SpeedPipeline
 ACKNOWLEDGE = "lambdaflow speed acknowledge-gap"
 #: How often the consumer refreshes topic metadata (kafka-python's default is 5 minutes).
 METADATA_MAX_AGE_MS = 10_000
-#: How long without an assignment before the layer says so (and again after each such period).
-UNASSIGNED_WARNING_SECONDS = 30.0
 
 log = logging.getLogger("lambdaflow.speed")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line (structured logs)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        payload: dict[str, Any] = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key in ("batch", "watermark", "rows", "lag", "offsets"):
-                payload[key] = value
-        if record.exc_info:
-            payload["error"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("kafka", "urllib3", "mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # kafka-python 3 warns whenever its event loop is busy for >100 ms, which our batch commits make routine
-    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 def fetch_range(config: dict[str, Any], start: Offsets, end: Offsets) -> list[RawRecord]:
@@ -111,7 +77,6 @@ class SpeedLayer:
         self.fingerprints: Offsets = {}
         port = settings.profile.speed.metrics_port if metrics_port is None else metrics_port
         self.metrics = SpeedMetrics(port)
-        self._unassigned_since: float | None = None
         self.rebalanced = False
         #: where each topic/partition stands (the recorded positions, or past an acknowledged gap)
         self.positions: Offsets = {}
@@ -120,76 +85,61 @@ class SpeedLayer:
         """Finish the current micro-batch, then exit the loop."""
         self.stopping = True
 
-    def _consumer(self) -> Any:
-        from kafka import KafkaConsumer
-        from kafka.consumer.subscription_state import ConsumerRebalanceListener
-        from kafka.coordinator.assignors.range import RangePartitionAssignor
-        from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-
+    def _fetch_spec(self) -> FetchSpec:
         speed = self.settings.profile.speed
-        consumer = KafkaConsumer(
+        topics = tuple(t for t in (self.pipeline.event_topic, self.pipeline.label_topic) if t)
+        for topic in topics:
+            services.ensure_topic(self.kafka, topic, self.settings.pipeline.source.partitions)
+        consumer = dict(
             **self.kafka,
             group_id=speed.consumer_group,
             enable_auto_commit=False,
-            # never jump silently: an out-of-range position is a gap or a reset, diagnosed in _poll_batch
+            # never jump silently: an out-of-range position is a gap or a reset, diagnosed in _next_batch
             auto_offset_reset="none",
             isolation_level="read_committed",  # records of aborted transactions are not events
             max_poll_records=min(speed.max_batch_records, 10_000),
             # static membership: a restarted instance takes its old place at once instead of
             # waiting a session timeout for the dead member to leave the group
             group_instance_id=f"{speed.consumer_group}-{speed.instance}",
-            # eager protocols only: every partition is revoked and re-seeked from the tables on a rebalance
-            # (an incremental one would keep partitions whose fetched records the fetcher drops)
-            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
             fetch_max_bytes=64 << 20,
             # a join that saw a topic without its partitions gets an empty assignment and is only corrected
             # by the next metadata refresh (5 min by default): the suspect of joins that never got data
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
             **services.CONSUMER_TIMEOUTS,
         )
-        layer = self
+        return FetchSpec(
+            consumer,
+            # eager protocols only: every partition is revoked and re-read from the tables on a rebalance
+            # (an incremental one would keep partitions whose fetched records are dropped)
+            (
+                "kafka.coordinator.assignors.range.RangePartitionAssignor",
+                "kafka.coordinator.assignors.roundrobin.RoundRobinPartitionAssignor",
+            ),
+            topics,
+            speed.max_batch_records,
+            speed.max_batch_seconds,
+            logging.getLogger().getEffectiveLevel(),
+        )
 
-        class SeekToDelta(ConsumerRebalanceListener):
-            """Delta, not the group, says where to resume; a rebalance waits for the batch in flight."""
-
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                with layer.fetcher.lock:
-                    layer.fetcher.new_generation()
-
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                with layer.fetcher.lock:
-                    layer._seek_assigned(consumer, assigned)
-                    layer.fetcher.new_generation()
-
-        topics = [t for t in (self.pipeline.event_topic, self.pipeline.label_topic) if t]
-        for topic in topics:
-            services.ensure_topic(self.kafka, topic, self.settings.pipeline.source.partitions)
-            _wait_for_partitions(consumer, topic)
-        consumer.subscribe(topics, listener=SeekToDelta())
-        return consumer
-
-    def _seek_assigned(self, consumer: Any, assigned: Any) -> None:
-        """Seek every assigned partition to where the tables say it stands (runs with no batch in flight)."""
-        self.fetcher.mark_joined()
+    def _on_assigned(self, assigned: list[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        """Where each assigned partition is to be read from, as the tables say (runs with no batch in flight)."""
         recorded, self.fingerprints = self.pipeline.committed_position()
         # a process replacing this instance (same --instance) takes up its identity where the tables leave it
         self.pipeline.seq = self.pipeline.last_seq()
         positions = {t: dict(p) for t, p in recorded.items()}
-        for tp in assigned:
-            offset = recorded.get(tp.topic, {}).get(str(tp.partition))
-            gap = self.resume_at.get((tp.topic, tp.partition))
+        seek: dict[tuple[str, int], int | None] = {}
+        for topic, partition in assigned:
+            offset = recorded.get(topic, {}).get(str(partition))
+            gap = self.resume_at.get((topic, partition))
             if gap is not None and gap[0] == offset:  # past an acknowledged gap, until a batch moves on
                 offset = gap[1]
-            if offset is None:
-                consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, offset)
-                positions.setdefault(tp.topic, {})[str(tp.partition)] = offset
+            seek[(topic, partition)] = offset
+            if offset is not None:
+                positions.setdefault(topic, {})[str(partition)] = offset
         self.positions = positions
         self.pipeline.believed = recorded  # what the tables say, past an acknowledged gap too
-        self._unassigned_since = None
         self.rebalanced = True  # a writer that left may have left a batch half done
-        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        return seek
 
     def run(
         self,
@@ -215,7 +165,7 @@ class SpeedLayer:
         self._recover()
         self.positions = self.pipeline.start()
         speed = self.settings.profile.speed
-        self.fetcher = Fetcher(self._consumer, speed.max_batch_records, speed.max_batch_seconds, self._warn_if_unassigned)
+        self.fetcher = Fetcher(self._fetch_spec(), self._on_revoked, self._on_assigned)
         results: list[BatchResult] = []
         idle_since = time.monotonic()
         caught_up = False
@@ -223,32 +173,31 @@ class SpeedLayer:
         self.fetcher.start()
         try:
             while not self.stopping:
-                polled = self._next_batch()
+                polled = self._next_batch()  # answers a rebalance first: between batches, nothing in flight
                 self.pipeline.scorer.refresh()
-                if self.rebalanced:  # outside the lock: the rebalance callbacks run on kafka-python's network thread
+                if self.rebalanced:
                     self.rebalanced = False
                     self._recover(reload=False)
-                with self.fetcher.lock:  # a rebalance waits for this batch, and drops what was fetched before it
-                    busy = polled is not None and bool(polled.records)
-                    if busy or time.monotonic() - checked > 1.0:  # before every batch: features must see the published W
-                        checked = time.monotonic()
-                        if self.pipeline.state_stale():
-                            self.pipeline.load_state()
-                    caught_up = polled.caught_up if polled is not None else caught_up
-                    if polled is None or not polled.records or polled.generation != self.fetcher.generation:
-                        if not caught_up:
-                            idle_since = time.monotonic()  # quiet because not yet assigned or fetching: not idle
-                        elif idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
-                            break
-                        continue
-                    idle_since = time.monotonic()
-                    start, end, last = self._ranges(polled.records)
-                    result = self.pipeline.process(polled.records, start, end, last=last)
-                    self.positions, self.fingerprints = self.pipeline.believed, self.pipeline.fingerprints
-                    for topic, parts in start.items():  # the recorded positions now lie past these partitions' gaps
-                        for p in parts:
-                            self.resume_at.pop((topic, int(p)), None)
-                self.fetcher.commit_group(_group_offsets(start, end))
+                busy = polled is not None and bool(polled.records)
+                if busy or time.monotonic() - checked > 1.0:  # before every batch: features must see the published W
+                    checked = time.monotonic()
+                    if self.pipeline.state_stale():
+                        self.pipeline.load_state()
+                caught_up = polled.caught_up if polled is not None else caught_up
+                if polled is None or not polled.records or polled.generation != self.fetcher.generation:
+                    if not caught_up:
+                        idle_since = time.monotonic()  # quiet because not yet assigned or fetching: not idle
+                    elif idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                start, end, last = self._ranges(polled.records)
+                result = self.pipeline.process(polled.records, start, end, last=last)
+                self.positions, self.fingerprints = self.pipeline.believed, self.pipeline.fingerprints
+                for topic, parts in start.items():  # the recorded positions now lie past these partitions' gaps
+                    for p in parts:
+                        self.resume_at.pop((topic, int(p)), None)
+                self.fetcher.commit_group({(t, int(p)): end[t][p] for t, parts in start.items() for p in parts})
                 self.metrics.observe(result, polled.lag, polled.records)
                 log.info("micro-batch %s", result.seq, extra={"batch": result.__dict__})
                 results.append(result)
@@ -263,11 +212,12 @@ class SpeedLayer:
                 f"({type(exc).__name__}); this one stops (run one process per --instance)"
             ) from exc
         finally:
-            self.fetcher.stop()
-            self.fetcher.join(timeout=10)
-            self.fetcher.consumer.close(autocommit=False)
+            self.fetcher.close()
             self.metrics.close()
         return results
+
+    def _on_revoked(self) -> None:
+        """The group takes the partitions away: nothing to do but drop what was fetched (the generation moved)."""
 
     def _next_batch(self) -> Polled | None:
         from kafka.errors import OffsetOutOfRangeError
@@ -285,18 +235,6 @@ class SpeedLayer:
     def _recover(self, reload: bool = True) -> None:
         for replayed in self.pipeline.recover(lambda s, e: fetch_range(self.kafka, s, e), reload):
             log.warning("recovered micro-batch %s", replayed.seq, extra={"batch": replayed.__dict__})
-
-    def _warn_if_unassigned(self, consumer: Any) -> None:
-        """Say so, every :data:`UNASSIGNED_WARNING_SECONDS`, while the group has given this instance nothing."""
-        now = time.monotonic()
-        since = self._unassigned_since = self._unassigned_since or now
-        if now - since >= UNASSIGNED_WARNING_SECONDS:
-            self._unassigned_since = now
-            log.warning(
-                "no partitions assigned for %.0f s (subscribed to %s); the group may be rebalancing",
-                now - since,
-                sorted(consumer.subscription() or ()),
-            )
 
     def _ranges(self, records: list[RawRecord]) -> tuple[Offsets, Offsets, Offsets]:
         """Start offsets of this batch, the cumulative next offsets after it, and the last record's fingerprints."""
@@ -332,27 +270,6 @@ class SpeedLayer:
             resume = acknowledged[(g.topic, g.partition, g.recorded_next)]
             self.resume_at[(g.topic, g.partition)] = (g.recorded_next, resume)
             log.warning("continuing %s[%s] at offset %s past an acknowledged gap", g.topic, g.partition, resume)
-
-
-def _wait_for_partitions(consumer: Any, topic: str, seconds: float = 30.0) -> None:
-    """Block until the consumer's metadata lists the topic's partitions.
-
-    A group leader whose metadata lacks them (a topic created a moment ago) assigns nothing, and kafka-python
-    3.0 does not rejoin when they appear: the member sat with no partitions until the drain timed out
-    ("No partition metadata for topic …", then "assigned []": the suite's stuck first joins).
-    """
-    deadline = time.monotonic() + seconds
-    while not consumer.partitions_for_topic(topic):
-        if time.monotonic() > deadline:
-            raise ServiceError(f"Kafka lists no partitions for topic {topic!r} after {seconds:.0f} s")
-        time.sleep(0.1)
-
-
-def _group_offsets(start: Offsets, end: Offsets) -> dict[Any, Any]:
-    """Group offsets of a batch's partitions (the consumer group's progress, for lag monitoring only)."""
-    from kafka import OffsetAndMetadata, TopicPartition
-
-    return {TopicPartition(t, int(p)): OffsetAndMetadata(end[t][p], "", -1) for t, parts in start.items() for p in parts}
 
 
 def acknowledge_gap(settings: Settings, topic: str, partition: int, reason: str, by: str) -> Gap:
