@@ -42,6 +42,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from lambdaflow.bulk_validation import bulk_columns
 from lambdaflow.config import EventsSpec, FieldSpec
 from lambdaflow.schemas import fields_schema
 
@@ -308,10 +309,22 @@ class Validator:
                 a naive time is taken as UTC).
         """
         window = self._window(now)
+        try:  # the common case in bulk, with the same rules and values; the rest row by row
+            fast, fast_columns = bulk_columns(self, records, window)
+        except Exception:  # noqa: BLE001 - a flaw in the bulk path must not cost a record: the row path decides
+            fast, fast_columns = [], {}
+        if records and len(fast) == len(records):
+            return self._table_or_rows(records, fast_columns, list(records), [])
         columns: dict[str, list[Any]] = {name: [] for name in self.fields}
         accepted: list[RawRecord] = []
         rejects: list[Reject] = []
-        for record in records:
+        position = dict(zip(fast, range(len(fast)), strict=True))
+        for i, record in enumerate(records):
+            if i in position:
+                for name in self.fields:
+                    columns[name].append(fast_columns[name][position[i]])
+                accepted.append(record)
+                continue
             try:
                 row = self._row(record, window)
             except InvalidField as exc:
@@ -323,6 +336,11 @@ class Validator:
             for name in self.fields:
                 columns[name].append(row[name])
             accepted.append(record)
+        return self._table_or_rows(records, columns, accepted, rejects)
+
+    def _table_or_rows(
+        self, records: Sequence[RawRecord], columns: dict[str, list[Any]], accepted: list[RawRecord], rejects: list[Reject]
+    ) -> tuple[pa.Table, list[RawRecord], list[Reject]]:
         try:
             return self._table(columns), accepted, rejects
         except Exception:  # noqa: BLE001 - every value was checked; should Arrow still refuse one, find it row by row

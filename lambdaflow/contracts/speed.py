@@ -187,11 +187,18 @@ def prediction_rows(
             "score": pa.array(scores if scored else [None] * n, pa.float64()),
             "decision": pa.array(decisions, pa.bool_()),
             "scored": pa.array(np.full(n, scored)),
-            "features": pa.array([list(row) for row in matrix], pa.list_(pa.float64())),
+            "features": _rows_as_lists(matrix),
             "scored_at": pa.array([when] * n, pa.timestamp("us", tz="UTC")),
         },
         schema=predictions_schema(settings),
     )
+
+
+def _rows_as_lists(matrix: np.ndarray) -> pa.Array:
+    """Each row of a float matrix as a list value, built from the matrix's buffer (no Python list per row)."""
+    n, k = matrix.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32), pa.int32())
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(matrix, dtype=np.float64).ravel(), pa.float64()))
 
 
 def writer_marks(snapshot: Snapshot, writers: Sequence[str]) -> tuple[int, ...]:

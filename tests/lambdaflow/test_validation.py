@@ -11,13 +11,14 @@ import copy
 import datetime as dt
 import json
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lambdaflow import validation
+from lambdaflow import bulk_validation, validation
 from lambdaflow.config import ConfigError, PipelineConfig, load_pipeline
 from lambdaflow.producer import encode_row
 from lambdaflow.sample_data import generate
@@ -210,6 +211,7 @@ def test_an_unforeseen_error_rejects_only_its_own_record(monkeypatch: pytest.Mon
         return check(name, spec, value)
 
     monkeypatch.setattr(validation, "_check", flawed)
+    monkeypatch.setattr(validation, "bulk_columns", lambda *_: ([], {}))  # the row path's defences
     records = [rec(with_(event_id=f"e{i}", amount=float(i)), i) for i in range(11, 17)]
     result = VALIDATOR.validate(records)
     check_accounting(records, result)
@@ -383,3 +385,69 @@ def test_good_events_survive_any_poison_beside_them(pairs: list[tuple[int, bytes
     for i, (good, _) in enumerate(pairs):
         assert 2 * i in kept, f"good record {i} was lost"
         assert valid.column("event_id")[kept[2 * i]].as_py() == SAMPLE_ROWS[good]["event_id"]
+
+
+# --------------------------------------------------------------------------- the bulk path (lambdaflow/bulk_validation.py)
+
+
+def row_path(validator: Validator, records: list[RawRecord]) -> tuple[Any, list[RawRecord], list[Reject]]:
+    with mock.patch.object(validation, "bulk_columns", lambda *_: ([], {})):
+        return validator.validate(records, now=NOW)
+
+
+def same_result(
+    records: list[RawRecord], bulk: tuple[Any, list[RawRecord], list[Reject]], rows: tuple[Any, list[RawRecord], list[Reject]]
+) -> None:
+    assert bulk[0].equals(rows[0]), (bulk[0].to_pylist(), rows[0].to_pylist())
+    assert [r.offset for r in bulk[1]] == [r.offset for r in rows[1]]
+    assert [(j.record.offset, j.reason) for j in bulk[2]] == [(j.record.offset, j.reason) for j in rows[2]]
+
+
+def test_the_bulk_path_takes_plain_events_and_leaves_the_doubtful_to_the_row_path() -> None:
+    validator = windowed()
+    plain = [rec(p, i) for i, p in enumerate(SAMPLE[:50])]
+    indices, _ = bulk_validation.bulk_columns(validator, plain, validator._window(NOW))
+    assert indices == list(range(50))  # the common case never reaches the row path
+    doubtful = [
+        rec(SAMPLE[0][:-1] + b',"amount":1}', 0),  # a duplicate key: orjson would keep the last copy
+        rec(with_(event_id='say "hi"'), 1),  # an escape: the quote count proves nothing
+        rec(with_(mcc=5411.0), 2),  # valid, but a float for an integer: the row path converts it
+        rec(SAMPLE[1], 3),
+    ]
+    indices, _ = bulk_validation.bulk_columns(validator, doubtful, validator._window(NOW))
+    assert indices == []  # the float in an integer column sends the whole batch to the row path
+    valid, accepted, rejects = validator.validate(doubtful, now=NOW)
+    assert [r.offset for r in accepted] == [1, 2, 3] and valid.column("mcc").to_pylist()[1] == 5411
+    assert [j.record.offset for j in rejects] == [0] and "duplicate key" in rejects[0].reason
+
+
+def test_a_flaw_in_the_bulk_path_costs_no_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    def flawed(*_: Any) -> Any:
+        raise RuntimeError("a bug in the bulk path")
+
+    monkeypatch.setitem(bulk_validation._CHECKS, "double", flawed)
+    records = [rec(p, i) for i, p in enumerate(SAMPLE[:20])]
+    valid, accepted, rejects = windowed().validate(records, now=NOW)
+    assert valid.num_rows == 20 and not rejects
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.one_of(records_payloads, st.sampled_from(SAMPLE)), max_size=12))
+def test_the_bulk_path_decides_as_the_row_path_does(payloads: list[bytes | None]) -> None:
+    """Same table, same accepted records, same rejects with the same reasons: the bulk path only decides faster."""
+    records = [rec(p, i) for i, p in enumerate(payloads)]
+    validator = windowed()
+    same_result(records, validator.validate(records, now=NOW), row_path(validator, records))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(range(len(SAMPLE))), min_size=1, max_size=6),
+    st.sampled_from(FIELDS),
+    st.one_of(raw_values, st.text(max_size=30).map(lambda t: json.dumps(t, ensure_ascii=False))),  # raw UTF-8: no escapes
+)
+def test_one_odd_value_in_a_plain_batch_is_judged_as_the_row_path_judges_it(picks: list[int], name: str, value: str) -> None:
+    records = [rec(SAMPLE[i], n) for n, i in enumerate(picks)]
+    records.append(rec(raw_field(name, value, SAMPLE_ROWS[picks[0]]), len(records)))
+    validator = windowed()
+    same_result(records, validator.validate(records, now=NOW), row_path(validator, records))
