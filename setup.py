@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "pyarrow==26.0.1",
     "kafka-python>=3.0,<3.1",
     "crc32c>=2.4",  # kafka-python checks every fetched batch's CRC-32C: in pure Python that was 40 % of the consumer's time
+    "orjson>=3.9",  # bulk validation decodes plain records with it (lambdaflow/bulk_validation.py)
     "xgboost-cpu>=3.2,<3.3",  # plain `xgboost` pulls 0.5 GB of CUDA libraries
     "scikit-learn>=1.5",  # needed by xgboost.spark
     "mlflow-skinny>=3.17,<3.18",
