@@ -12,6 +12,7 @@ import time
 from collections import Counter
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 from kafka import KafkaProducer
@@ -218,12 +219,35 @@ def test_sigterm_finishes_the_batch_and_exits_cleanly(speed_env: SpeedEnv) -> No
     tables = SpeedTables(speed_env.settings)
     while time.time() < deadline and (tables.master.txn_version(app_id(speed_env.settings)) or 0) < 1:
         time.sleep(0.2)
+    fetch = fetch_process(proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     assert "stopped after" in err
+    assert not psutil.wait_procs([fetch], timeout=10)[1], "the fetch process outlived the layer"
     last = tables.master.txn_version(app_id(speed_env.settings))
     assert all(t.txn_version(app_id(speed_env.settings)) == last for t in tables.all().values())  # no half batch
+
+
+def fetch_process(layer: subprocess.Popen[str]) -> psutil.Process:
+    """The layer's fetch process (speed_layer/fetch_worker.py), once it runs."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        children = [c for c in psutil.Process(layer.pid).children() if "speed_layer.fetch_worker" in " ".join(c.cmdline())]
+        if children:
+            assert len(children) == 1, children
+            return children[0]
+        time.sleep(0.2)
+    raise AssertionError("the speed layer started no fetch process in 60 s")
+
+
+def test_a_killed_layer_takes_its_fetch_process_with_it(speed_env: SpeedEnv) -> None:
+    """A fetch process left behind would keep the instance's static membership and its partitions."""
+    proc = start(speed_env)
+    fetch = fetch_process(proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not psutil.wait_procs([fetch], timeout=10)[1], "the fetch process outlived a SIGKILLed layer"
 
 
 def test_metrics_endpoint_speaks_prometheus() -> None:
