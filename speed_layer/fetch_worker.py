@@ -88,6 +88,11 @@ class _Open:
         return len(self.columns[0])
 
 
+class Stopped(BaseException):
+    """The processing side said stop while a rebalance waited for its answer (a BaseException: kafka-python
+    swallows the Exceptions a rebalance listener raises)."""
+
+
 class Worker:
     """The fetch loop; see the module docstring."""
 
@@ -136,13 +141,19 @@ class Worker:
     # ------------------------------------------------------------------ talking to the processing side
 
     def _ask(self, message: tuple[Any, ...], answer: str) -> tuple[Any, ...]:
-        """Send a rebalance request and wait for its answer, keeping what else arrives meanwhile."""
+        """Send a rebalance request and wait for its answer, keeping what else arrives meanwhile.
+
+        Raises:
+            Stopped: the processing side said stop instead (it will not answer).
+        """
         self.conn.send(message)
         while True:
             reply = self.conn.recv()
             if reply[0] == answer:
                 return tuple(reply)
             self._handle(reply)
+            if self.halt:
+                raise Stopped
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -336,6 +347,8 @@ def main(argv: list[str]) -> int:
     try:
         worker = Worker(conn, spec)
         worker.run()
+    except Stopped:
+        return 0
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return 1  # the processing side is gone
     except BaseException as exc:  # noqa: BLE001 - handed to the processing side, which raises it

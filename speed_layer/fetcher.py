@@ -138,8 +138,16 @@ class Fetcher:
             except OSError:
                 pass
         if self._proc is not None:
+            deadline = time.monotonic() + STOP_SECONDS
+            # read on while it stops: a batch it was handing over (and will not be processed) must not block it
+            while self._conn is not None and self._proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if self._conn.poll(0.1):
+                        self._conn.recv()
+                except (EOFError, OSError):
+                    break
             try:
-                self._proc.wait(timeout=STOP_SECONDS)
+                self._proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("the fetch process did not stop within %.0f s: killed", STOP_SECONDS)
                 self._proc.kill()
