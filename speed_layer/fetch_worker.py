@@ -1,7 +1,7 @@
 """The fetch process: owns the speed layer's Kafka consumer, polls while the previous micro-batch is processed.
 
-Run as ``python -m speed_layer.fetch_worker FD`` by :class:`speed_layer.fetcher.Fetcher`, talking over the
-socket FD. A process, not a thread: kafka-python decodes every record in Python, and a fetch thread took the
+Run as ``python -m speed_layer.fetch_worker DATA_FD CONTROL_FD PARENT_PID`` by
+:class:`speed_layer.fetcher.Fetcher`. A process, not a thread: kafka-python decodes every record in Python, and a fetch thread took the
 interpreter lock from the processing thread for as long as the processing itself took (a bare consumer read
 11.4k records/s, the layer 5.0k/s). It imports kafka-python and the standard library only, so it starts in
 a fraction of a second.
@@ -10,15 +10,21 @@ The batches close adaptively: a batch is handed over when the processing side ha
 and a poll found nothing more (light traffic: small, fresh batches), or when it is full or has been open
 ``max_seconds`` (heavy traffic: large ones). At most one batch waits beyond the one in processing.
 
-Messages (pickled tuples), to the processing side:
-    ``("batch", generation, columns, caught_up, lag, closed_at)``, ``("revoked",)``,
-    ``("assigned", [(topic, partition), ...])``, ``("error", exception)``;
-from it: ``("credit",)``, ``("commit", {(topic, partition): offset})``, ``("ack", generation)``,
-``("positions", generation, {(topic, partition): offset or None})``, ``("stop",)``.
+Two sockets. ``data``: batches to the processing side (``("batch", generation, columns, caught_up, lag,
+closed_at)``, ``("error", exception)``), and ``("credit",)``, ``("commit", {(topic, partition): offset})``,
+``("stop",)`` from it. ``control``: rebalance requests ``("revoked",)`` and ``("assigned", [(topic,
+partition), ...])``, answered ``("ack", generation)`` and ``("positions", generation, {(topic, partition):
+offset or None})``.
 
 A rebalance asks the processing side and waits for its answer: "revoked" is answered once the batch in
 processing is committed, "assigned" with the positions recorded in the tables (never the group's offsets).
-Every batch carries the rebalance generation it was fetched in; the processing side drops a stale one.
+The answer carries a new generation; the open batch is dropped, and the processing side drops any batch of
+an older generation.
+
+Threads: kafka-python 3.0 runs rebalance listeners on its IO thread, which also sends the heartbeats, and
+a ``poll()`` on the main thread waits for a join in progress, listener included. So the listener has the
+control socket to itself and waits for its answer by yielding to kafka-python's event loop (heartbeats go
+on), and the main thread notices a new generation after each poll and re-reads the answered positions.
 """
 
 from __future__ import annotations
@@ -88,22 +94,24 @@ class _Open:
         return len(self.columns[0])
 
 
-class Stopped(BaseException):
-    """The processing side said stop while a rebalance waited for its answer (a BaseException: kafka-python
-    swallows the Exceptions a rebalance listener raises)."""
-
-
 class Worker:
     """The fetch loop; see the module docstring."""
 
-    def __init__(self, conn: Connection, spec: FetchSpec) -> None:
-        self.conn = conn
+    def __init__(self, data: Connection, control: Connection, spec: FetchSpec) -> None:
+        self.data = data
+        self.control = control
         self.spec = spec
+        #: set by the listener (IO thread) with each answer; the main thread compares it after every poll
         self.generation = 0
+        #: where the last "assigned" answer put each partition (the main thread seeks there again)
+        self.seek_to: dict[tuple[str, int], int | None] = {}
         self.credits = 0
         self.halt = False
         self.joined = False
-        self.pending_commits: list[dict[Any, Any]] = []
+        #: set while the consumer closes: its last revocation needs no answer (nobody may be left to give it)
+        self.closing = False
+        #: group offsets to commit (monitoring only), newest per partition
+        self.pending_commits: dict[tuple[str, int], int] = {}
         self.batch = _Open(0)
         self.stalled_since: float | None = None
         self.unassigned_since: float | None = None
@@ -111,25 +119,26 @@ class Worker:
 
     def _make_consumer(self) -> Any:
         from kafka import KafkaConsumer
-        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+        from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 
         strategies = tuple(_load(name) for name in self.spec.assignors)
         consumer = KafkaConsumer(**self.spec.consumer, partition_assignment_strategy=strategies)
         worker = self
 
-        class AskTheTables(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                worker._rebalanced(worker._ask(("revoked",), "ack")[1])
+        class AskTheTables(AsyncConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                reply = await worker._ask(consumer, ("revoked",))
+                if reply is not None:
+                    worker.seek_to = {}
+                    worker.generation = reply[1]
 
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                _, generation, positions = worker._ask(("assigned", [(tp.topic, tp.partition) for tp in assigned]), "positions")
-                for tp in assigned:
-                    offset = positions.get((tp.topic, tp.partition))
-                    if offset is None:
-                        consumer.seek_to_beginning(tp)
-                    else:
-                        consumer.seek(tp, offset)
-                worker._rebalanced(generation)
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                reply = await worker._ask(consumer, ("assigned", [(tp.topic, tp.partition) for tp in assigned]))
+                if reply is None:
+                    return
+                worker.seek_to = dict(reply[2])
+                _seek(consumer, assigned, worker.seek_to)
+                worker.generation = reply[1]
                 worker.joined = True
                 log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
@@ -138,77 +147,90 @@ class Worker:
         consumer.subscribe(list(self.spec.topics), listener=AskTheTables())
         return consumer
 
+    def _close_consumer(self) -> None:
+        self.closing = True
+        try:
+            self.consumer.close(autocommit=False)
+        finally:
+            self.closing = False
+
     # ------------------------------------------------------------------ talking to the processing side
 
-    def _ask(self, message: tuple[Any, ...], answer: str) -> tuple[Any, ...]:
-        """Send a rebalance request and wait for its answer, keeping what else arrives meanwhile.
+    async def _ask(self, consumer: Any, message: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """(IO thread) A rebalance request's answer, waited for without blocking the heartbeats.
 
-        Raises:
-            Stopped: the processing side said stop instead (it will not answer).
+        None when the consumer is closing or the processing side said stop (it will not answer).
         """
-        self.conn.send(message)
-        while True:
-            reply = self.conn.recv()
-            if reply[0] == answer:
-                return tuple(reply)
-            self._handle(reply)
-            if self.halt:
-                raise Stopped
+        if self.closing or self.halt:
+            return None
+        self.control.send(message)  # a few bytes on a socket nothing else writes to: never blocks
+        while not self.control.poll(0):
+            if self.halt or self.closing:
+                return None
+            # kafka-python's own event loop: awaiting it keeps the heartbeat coroutine running
+            await consumer._net.sleep(0.02)
+        return tuple(self.control.recv())
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "credit":
             self.credits += 1
         elif kind == "commit":
-            self.pending_commits.append(message[1])  # never from inside a rebalance callback: done by the loop
+            self.pending_commits.update(message[1])  # cumulative: the newest offset per partition is enough
         elif kind == "stop":
             self.halt = True
 
-    def _read_control(self, wait: float = 0.0) -> None:
-        if self.conn.poll(wait):
-            while self.conn.poll(0):
-                self._handle(self.conn.recv())
-
-    def _rebalanced(self, generation: int) -> None:
-        self.generation = generation
-        self.batch = _Open(generation)
+    def _read_data(self, wait: float = 0.0) -> None:
+        if self.data.poll(wait):
+            while self.data.poll(0):
+                self._handle(self.data.recv())
 
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
         try:
             while not self.halt:
-                self._read_control()
+                self._read_data()
                 self._commit_group()
                 self._poll_once()
         finally:
-            self._commit_group()
-            self.consumer.close(autocommit=False)
+            self._close_consumer()
+
+    def _restart_if_rebalanced(self, generation: int) -> bool:
+        """After a rebalance answered during the last poll: drop what was fetched, read from the answer again."""
+        if generation == self.generation == self.batch.generation:
+            return False
+        self.batch = _Open(self.generation)
+        _seek(self.consumer, self.consumer.assignment(), self.seek_to)
+        return True
 
     def _poll_once(self) -> None:
         batch = self.batch
         room = self.spec.max_records - len(batch)
         if room <= 0:  # full: wait for a credit, polling nothing more
-            self._read_control(wait=0.1)
-            self._offer()
+            self._read_data(wait=0.1)
+            if not self._restart_if_rebalanced(self.generation):
+                self._offer(*self._progress())
             self.stalled_since = None
             return
         wait = OPEN_POLL_MS if len(batch) else IDLE_POLL_MS
         started = time.monotonic()
+        generation = self.generation
         polled = self.consumer.poll(timeout_ms=wait, max_records=room)
+        if self._restart_if_rebalanced(generation):
+            return
         assigned = self.consumer.assignment()
         if not polled:
             # kafka-python 3.0 often returns an empty poll at once (seen spinning a core while idle): wait it out
-            self._read_control(wait=max(0.0, wait / 1000 - (time.monotonic() - started)))
+            self._read_data(wait=max(0.0, wait / 1000 - (time.monotonic() - started)))
             self._warn_if_unassigned(assigned)
-        batch = self.batch  # a rebalance inside poll() starts a new one
         if not len(batch) and polled:
             batch.opened = time.monotonic()
         topics, partitions, offsets, keys, values, stamps = batch.columns
         for records in polled.values():
             for r in records:
                 coordinates = (r.topic, r.partition, r.offset)
-                if coordinates not in batch.seen:  # a rebalance seek can fetch a range again
+                if coordinates not in batch.seen:  # a seek can fetch a range again
                     batch.seen.add(coordinates)
                     topics.append(r.topic)
                     partitions.append(r.partition)
@@ -228,18 +250,21 @@ class Worker:
             return
         self.credits -= 1
         batch = self.batch
-        self.conn.send(("batch", batch.generation, batch.columns, caught_up, lag, time.monotonic()))
-        self.batch = _Open(self.generation)
+        self.data.send(("batch", batch.generation, batch.columns, caught_up, lag, time.monotonic()))
+        self.batch = _Open(batch.generation)
 
     def _commit_group(self) -> None:
+        """Commit the newest group offsets without waiting (they are for lag monitoring; Delta holds the truth)."""
         from kafka import OffsetAndMetadata, TopicPartition
 
-        while self.pending_commits:
-            offsets = self.pending_commits.pop(0)
-            try:
-                self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
-            except Exception as exc:  # noqa: BLE001 - group offsets are for monitoring; Delta holds the truth
-                log.warning("could not commit group offsets (monitoring only): %s", exc)
+        if not self.pending_commits:
+            return
+        offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in self.pending_commits.items()}
+        self.pending_commits = {}
+        try:
+            self.consumer.commit_async(offsets, callback=_commit_failed)
+        except Exception as exc:  # noqa: BLE001 - monitoring only
+            log.warning("could not commit group offsets (monitoring only): %s", exc)
 
     def _progress(self) -> tuple[bool, int]:
         """(caught up, lag) over the assigned partitions, from the consumer's fetch state (no request)."""
@@ -288,7 +313,7 @@ class Worker:
                 now - self.stalled_since,
                 len(self.consumer.assignment()),
             )
-            self.consumer.close(autocommit=False)
+            self._close_consumer()
             self.joined = False
             self.consumer = self._make_consumer()
             self.stalled_since = None
@@ -306,6 +331,26 @@ def _wait_for_partitions(consumer: Any, topic: str, seconds: float = METADATA_WA
         if time.monotonic() > deadline:
             raise RuntimeError(f"Kafka lists no partitions for topic {topic!r} after {seconds:.0f} s")
         time.sleep(0.1)
+
+
+def _seek(consumer: Any, partitions: Any, positions: dict[tuple[str, int], int | None]) -> None:
+    """Put each partition where the tables say it stands (from the start of the log when they know nothing).
+
+    A partition the answer does not name is left alone (still the old assignment, being revoked).
+    """
+    for tp in partitions:
+        if (tp.topic, tp.partition) not in positions:
+            continue
+        offset = positions[(tp.topic, tp.partition)]
+        if offset is None:
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, offset)
+
+
+def _commit_failed(offsets: Any, result: Any) -> None:
+    if isinstance(result, Exception):
+        log.warning("could not commit group offsets (monitoring only): %s", result)
 
 
 def _load(dotted: str) -> Any:
@@ -335,25 +380,23 @@ def _sendable(exc: BaseException) -> BaseException:
 
 
 def main(argv: list[str]) -> int:
-    """Serve one processing process over the inherited socket ``argv[0]``; ``argv[1]`` is its pid."""
-    sock = socket.socket(fileno=int(argv[0]))
-    _die_with_parent(int(argv[1]))
+    """Serve one processing process over the inherited sockets ``argv[0]`` (data) and ``argv[1]`` (control);
+    ``argv[2]`` is its pid."""
+    data = Connection(socket.socket(fileno=int(argv[0])).detach())
+    control = Connection(socket.socket(fileno=int(argv[1])).detach())
+    _die_with_parent(int(argv[2]))
     # the processing side decides when to stop (after its batch in flight); a Ctrl-C to the group must not cut in
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    conn = Connection(sock.detach())
-    spec: FetchSpec = conn.recv()
+    spec: FetchSpec = data.recv()
     configure_logging(spec.log_level)
     try:
-        worker = Worker(conn, spec)
-        worker.run()
-    except Stopped:
-        return 0
+        Worker(data, control, spec).run()
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return 1  # the processing side is gone
     except BaseException as exc:  # noqa: BLE001 - handed to the processing side, which raises it
         try:
-            conn.send(("error", _sendable(exc)))
+            data.send(("error", _sendable(exc)))
         except OSError:
             return 1
         return 1

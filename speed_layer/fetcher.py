@@ -17,8 +17,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import Any
 
 from lambdaflow.errors import ServiceError
 from lambdaflow.validation import RawRecord
@@ -75,53 +76,78 @@ class Fetcher:
         self.generation = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        self._control: Connection | None = None
 
     def start(self) -> None:
         """Start the fetch process and give it the first credit."""
-        ours, theirs = socket.socketpair()
+        data, their_data = socket.socketpair()
+        control, their_control = socket.socketpair()
+        fds = (their_data.fileno(), their_control.fileno())
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "speed_layer.fetch_worker", str(theirs.fileno()), str(os.getpid())],
-            pass_fds=(theirs.fileno(),),
+            [sys.executable, "-m", "speed_layer.fetch_worker", *map(str, fds), str(os.getpid())],
+            pass_fds=fds,
             env=env,
             stdin=subprocess.DEVNULL,
         )
-        theirs.close()
-        self._conn = Connection(ours.detach())
+        their_data.close()
+        their_control.close()
+        self._conn = Connection(data.detach())
+        self._control = Connection(control.detach())
         self._conn.send(self.spec)
         self._conn.send(("credit",))
 
     def next(self, timeout: float) -> Polled | None:
-        """The next batch (None when none came within ``timeout``), answering rebalances on the way.
+        """The next batch (None when none came within ``timeout``), answering rebalances first.
 
         Raises:
             Exception: whatever stopped the fetch process (an offset gap, a fenced membership).
             ServiceError: the fetch process died.
         """
-        conn = self._connection()
+        conn, control = self._connection(), self._control
+        assert control is not None
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if not conn.poll(max(0.0, deadline - time.monotonic())):
+                ready = wait([control, conn], max(0.0, deadline - time.monotonic()))
+                if not ready:
                     return None
+                if control in ready:  # between micro-batches: nothing in flight
+                    self._answer(control, control.recv())
+                    continue
                 message = conn.recv()
             except (EOFError, OSError) as exc:
+                reason = self._last_error(conn)  # the control socket may show the end before the data socket's last word
+                if reason is not None:
+                    raise _as_raised(reason) from None
                 raise ServiceError(f"the speed layer's fetch process exited (code {self._exit_code()})") from exc
-            kind = message[0]
-            if kind == "batch":
+            if message[0] == "batch":
                 conn.send(("credit",))
                 _, generation, columns, caught_up, lag, closed_at = message
                 return Polled(generation, list(map(RawRecord, *columns)), caught_up, lag, closed_at)
-            if kind == "revoked":
-                self.generation += 1
-                self.on_revoked()
-                conn.send(("ack", self.generation))
-            elif kind == "assigned":
-                self.generation += 1
-                positions = self.on_assigned([(t, p) for t, p in message[1]])
-                conn.send(("positions", self.generation, positions))
-            elif kind == "error":
+            if message[0] == "error":
                 raise _as_raised(message[1])
+
+    @staticmethod
+    def _last_error(conn: Connection) -> BaseException | None:
+        """The error the fetch process sent before it exited, if any is still unread."""
+        try:
+            while conn.poll(0):
+                message = conn.recv()
+                if message[0] == "error":
+                    return message[1]
+        except (EOFError, OSError):
+            pass
+        return None
+
+    def _answer(self, control: Connection, request: tuple[Any, ...]) -> None:
+        self.generation += 1  # every batch fetched before this answer is now stale
+        if request[0] == "revoked":
+            self.on_revoked()
+            control.send(("ack", self.generation))
+        else:
+            positions = self.on_assigned([(t, p) for t, p in request[1]])
+            control.send(("positions", self.generation, positions))
 
     def commit_group(self, offsets: dict[tuple[str, int], int]) -> None:
         """Ask the fetch process to commit group offsets (monitoring only: the tables hold the positions)."""
@@ -152,8 +178,9 @@ class Fetcher:
                 log.warning("the fetch process did not stop within %.0f s: killed", STOP_SECONDS)
                 self._proc.kill()
                 self._proc.wait()
-        if self._conn is not None:
-            self._conn.close()
+        for conn in (self._conn, self._control):
+            if conn is not None:
+                conn.close()
 
     def _connection(self) -> Connection:
         if self._conn is None:
