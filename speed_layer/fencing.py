@@ -9,8 +9,11 @@ committing nothing more:
 
 * **identity**: its application id's last master commit is the one it made
   itself. A twin started with the same identity (same pipeline and consumer
-  group) that committed in between is caught here, whichever of the two
-  commits second.
+  group) that committed in between is caught here. Every commit records when
+  its process took up the identity (its epoch): the older process stops
+  (:class:`FencedError`); the newer one, which read the tables before the
+  older one's last commit, re-reads them and goes on (:class:`Resync`), so
+  the process that replaced a zombie is not stopped by the zombie's last batch.
 * **partitions**: every topic/partition in the batch stands, in the newest
   speed commit of *any* writer, where this writer believes it stands. Another
   writer (a second consumer group, or an instance the group gave the partition
@@ -27,14 +30,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lambdaflow.contracts.commits import OFFSETS_END_KEY, OFFSETS_LAST_KEY, Offsets
+from lambdaflow.contracts.commits import EPOCH_KEY, OFFSETS_END_KEY, OFFSETS_LAST_KEY, SEQ_KEY, Offsets
 from lambdaflow.errors import FencedError
 from lambdaflow.tables import Head
 
-__all__ = ["check_claims", "overlay", "recorded_positions"]
+__all__ = ["Resync", "check_claims", "overlay", "recorded_positions"]
 
 #: How many recent commits are read before the whole history is (maintenance commits sit in between).
 RECENT_COMMITS = 20
+
+
+class Resync(Exception):
+    """An older process of this writer's identity committed after this one read the tables: re-read them.
+
+    Raised before anything is committed; the batch in hand is dropped and read again from the new positions.
+    """
 
 
 def recorded_positions(history: Callable[[int | None], list[dict[str, Any]]]) -> tuple[Offsets, Offsets]:
@@ -61,7 +71,7 @@ def overlay(base: Offsets, batch: Offsets) -> Offsets:
     return out
 
 
-def check_claims(head: Head, app_id: str, last_seq: int, believed: Offsets, batch: Offsets) -> tuple[Offsets, Offsets]:
+def check_claims(head: Head, app_id: str, last_seq: int, believed: Offsets, batch: Offsets, epoch: int) -> tuple[Offsets, Offsets]:
     """Check that this writer may commit on top of ``head``; return the recorded positions and fingerprints it builds on.
 
     Args:
@@ -70,12 +80,17 @@ def check_claims(head: Head, app_id: str, last_seq: int, believed: Offsets, batc
         last_seq: the last micro-batch this writer committed (0 before its first).
         believed: where this writer holds each topic/partition to stand (its resume positions).
         batch: the batch's topic/partitions (the positions of any other partition are not claimed).
+        epoch: when this process took up the identity (see :data:`EPOCH_KEY`).
 
     Raises:
-        FencedError: a twin committed under this identity, or another writer moved one of the partitions.
+        FencedError: a newer process took this identity, or another writer moved one of the partitions.
+        Resync: an older process of this identity committed since this one read the tables.
     """
     committed = head.txn_version(app_id) or 0
     if committed != last_seq:
+        theirs = _epoch_of(head, committed)
+        if theirs < epoch:
+            raise Resync(f"an older process of writer {app_id!r} committed micro-batch {committed}")
         raise FencedError(
             f"another process runs as speed-layer writer {app_id!r}: it committed micro-batch {committed} after this "
             f"one's {last_seq}; this process stops without committing (run one process per identity)"
@@ -90,3 +105,12 @@ def check_claims(head: Head, app_id: str, last_seq: int, believed: Offsets, batc
                     f"({app_id!r}) held it at {want}; this process stops without committing"
                 )
     return recorded, fingerprints
+
+
+def _epoch_of(head: Head, seq: int) -> int:
+    """The epoch recorded with micro-batch ``seq`` (0 when unknown: written before epochs were recorded)."""
+    for limit in (RECENT_COMMITS, None):
+        for commit in head.history(limit):
+            if commit.get(SEQ_KEY) == seq:
+                return int(commit.get(EPOCH_KEY, 0))
+    return 0

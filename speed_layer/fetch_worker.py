@@ -12,7 +12,7 @@ and a poll found nothing more (light traffic: small, fresh batches), or when it 
 
 Two sockets. ``data``: batches to the processing side (``("batch", generation, columns, caught_up, lag,
 closed_at)``, ``("error", exception)``), and ``("credit",)``, ``("commit", {(topic, partition): offset})``,
-``("stop",)`` from it. ``control``: rebalance requests ``("revoked",)`` and ``("assigned", [(topic,
+``("stop",)``, ``("seek", generation, {(topic, partition): offset})`` from it. ``control``: rebalance requests ``("revoked",)`` and ``("assigned", [(topic,
 partition), ...])``, answered ``("ack", generation)`` and ``("positions", generation, {(topic, partition):
 offset or None})``.
 
@@ -179,6 +179,10 @@ class Worker:
             self.pending_commits.update(message[1])  # cumulative: the newest offset per partition is enough
         elif kind == "stop":
             self.halt = True
+        elif kind == "seek":  # the processing side re-read the tables: every assigned partition from there
+            _, generation, positions = message
+            self.seek_to = {(tp.topic, tp.partition): positions.get((tp.topic, tp.partition)) for tp in self.consumer.assignment()}
+            self.generation = generation
 
     def _read_data(self, wait: float = 0.0) -> None:
         if self.data.poll(wait):

@@ -149,6 +149,12 @@ class Fetcher:
             positions = self.on_assigned([(t, p) for t, p in request[1]])
             control.send(("positions", self.generation, positions))
 
+    def reseek(self, positions: dict[tuple[str, int], int]) -> None:
+        """Have the fetch process read every assigned partition again from ``positions`` (from the start of
+        the log where they name none); what it fetched before is now stale."""
+        self.generation += 1
+        self._connection().send(("seek", self.generation, positions))
+
     def commit_group(self, offsets: dict[tuple[str, int], int]) -> None:
         """Ask the fetch process to commit group offsets (monitoring only: the tables hold the positions)."""
         try:

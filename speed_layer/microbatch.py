@@ -28,6 +28,7 @@ from lambdaflow.contracts.batch import batch_view_versions
 from lambdaflow.contracts.commits import (
     APP_KEY,
     DUPLICATES_KEY,
+    EPOCH_KEY,
     INGESTED_AT_KEY,
     OFFSETS_END_KEY,
     OFFSETS_LAST_KEY,
@@ -110,6 +111,8 @@ class SpeedPipeline:
         self.believed: Offsets = {}
         self.fingerprints: Offsets = {}
         self._writing = self.app_id
+        #: when this process took up its identity: of two processes with one identity the later wins
+        self.epoch = time.time_ns()
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -288,12 +291,12 @@ class SpeedPipeline:
         committed: dict[str, Any] = {}
 
         def build(head: Head) -> tuple[pa.Table, Txn, dict[str, Any]]:
-            recorded, fingerprints = check_claims(head, self.app_id, self.seq, self.believed, start)
+            recorded, fingerprints = check_claims(head, self.app_id, self.seq, self.believed, start, self.epoch)
             seq = head.version + 1
             committed["end"], committed["last"] = overlay(recorded, batch_end), overlay(fingerprints, batch_last)
             tagged = rows.set_column(rows.schema.get_field_index(INGEST_SEQ), INGEST_SEQ, pa.array(np.full(rows.num_rows, seq, np.int64)))
             committed["rows"] = tagged
-            info = {**metadata, SEQ_KEY: seq, OFFSETS_END_KEY: committed["end"], OFFSETS_LAST_KEY: committed["last"]}
+            info = {**metadata, SEQ_KEY: seq, EPOCH_KEY: self.epoch, OFFSETS_END_KEY: committed["end"], OFFSETS_LAST_KEY: committed["last"]}
             return tagged, Txn(self.app_id, seq), info
 
         result = self.tables.master.append_next(build, operation="speed-append")

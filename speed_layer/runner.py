@@ -23,6 +23,7 @@ from lambdaflow.contracts.commits import Offsets, writer_ids
 from lambdaflow.errors import FencedError, OffsetGapError
 from lambdaflow.validation import RawRecord
 from speed_layer.continuity import Gap, acknowledgements, find_gaps, fingerprint, gap_row, raise_for, raw_record
+from speed_layer.fencing import Resync
 from speed_layer.fetcher import Fetcher, FetchSpec, Polled
 from speed_layer.logs import configure_logging
 from speed_layer.metrics import SpeedMetrics
@@ -192,7 +193,12 @@ class SpeedLayer:
                     continue
                 idle_since = time.monotonic()
                 start, end, last = self._ranges(polled.records)
-                result = self.pipeline.process(polled.records, start, end, last=last)
+                try:
+                    result = self.pipeline.process(polled.records, start, end, last=last)
+                except Resync as exc:  # nothing was committed: read again from where the tables now stand
+                    log.warning("%s after this process read the tables: reading again from the positions recorded", exc)
+                    self._resync()
+                    continue
                 self.positions, self.fingerprints = self.pipeline.believed, self.pipeline.fingerprints
                 for topic, parts in start.items():  # the recorded positions now lie past these partitions' gaps
                     for p in parts:
@@ -215,6 +221,15 @@ class SpeedLayer:
             self.fetcher.close()
             self.metrics.close()
         return results
+
+    def _resync(self) -> None:
+        """Take up the identity where the tables now leave it: sequence, positions, state, and the fetch positions."""
+        recorded, self.fingerprints = self.pipeline.committed_position()
+        self.pipeline.seq = self.pipeline.last_seq()
+        self.pipeline.believed = recorded
+        self.positions = {t: dict(p) for t, p in recorded.items()}
+        self.pipeline.load_state()
+        self.fetcher.reseek({(t, int(p)): offset for t, parts in recorded.items() for p, offset in parts.items()})
 
     def _on_revoked(self) -> None:
         """The group takes the partitions away: nothing to do but drop what was fetched (the generation moved)."""

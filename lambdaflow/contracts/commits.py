@@ -13,6 +13,7 @@ __all__ = [
     "APP_KEY",
     "CUTOFF_KEY",
     "DUPLICATES_KEY",
+    "EPOCH_KEY",
     "EXPIRED_THROUGH_KEY",
     "INGESTED_AT_KEY",
     "MASTER_VERSION_KEY",
@@ -44,6 +45,9 @@ EXPIRED_THROUGH_KEY = "lambdaflow.expired_through"
 SEQ_KEY = "lambdaflow.seq"
 #: ``master/events`` commits of the speed layer: the writer identity (see :func:`app_id`).
 APP_KEY = "lambdaflow.app"
+#: ``master/events`` commits of the speed layer: when the writing process took up its identity (ns since the
+#: epoch); of two processes with one identity, the later one wins (speed_layer/fencing.py).
+EPOCH_KEY = "lambdaflow.epoch"
 #: ``master/events`` commits: next offset per topic/partition after this batch (cumulative over all batches).
 OFFSETS_END_KEY = "lambdaflow.offsets.end"
 #: ``master/events`` commits: fingerprint of the last ingested record per topic/partition (cumulative), to

@@ -66,7 +66,7 @@ class Fleet:
 
     def check_alive(self) -> None:
         for k, proc in self.procs.items():
-            assert proc.poll() is None, f"instance {k} exited {proc.returncode}: {proc.stderr.read()[-2000:] if proc.stderr else ''}"
+            assert proc.poll() is None, f"instance {k} exited {proc.returncode}: {proc.communicate()[1][-4000:]}"
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
