@@ -30,7 +30,6 @@ on), and the main thread notices a new generation after each poll and re-reads t
 from __future__ import annotations
 
 import ctypes
-import importlib
 import logging
 import os
 import signal
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from speed_layer.consumer import commit_failed, load, seek, wait_for_partitions
 from speed_layer.logs import configure_logging
 
 __all__ = ["FetchSpec", "main"]
@@ -55,8 +55,6 @@ IDLE_POLL_MS = 100
 RESTART_STALLED_SECONDS = 30.0
 #: How long without an assignment before the layer says so (and again after each such period).
 UNASSIGNED_WARNING_SECONDS = 30.0
-#: How long a topic may show no partitions in the consumer's metadata before the layer gives up.
-METADATA_WAIT_SECONDS = 30.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -121,7 +119,7 @@ class Worker:
         from kafka import KafkaConsumer
         from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 
-        strategies = tuple(_load(name) for name in self.spec.assignors)
+        strategies = tuple(load(name) for name in self.spec.assignors)
         consumer = KafkaConsumer(**self.spec.consumer, partition_assignment_strategy=strategies)
         worker = self
 
@@ -137,13 +135,13 @@ class Worker:
                 if reply is None:
                     return
                 worker.seek_to = dict(reply[2])
-                _seek(consumer, assigned, worker.seek_to)
+                seek(consumer, assigned, worker.seek_to)
                 worker.generation = reply[1]
                 worker.joined = True
                 log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
         for topic in self.spec.topics:
-            _wait_for_partitions(consumer, topic)
+            wait_for_partitions(consumer, topic)
         consumer.subscribe(list(self.spec.topics), listener=AskTheTables())
         return consumer
 
@@ -205,7 +203,7 @@ class Worker:
         if generation == self.generation == self.batch.generation:
             return False
         self.batch = _Open(self.generation)
-        _seek(self.consumer, self.consumer.assignment(), self.seek_to)
+        seek(self.consumer, self.consumer.assignment(), self.seek_to)
         return True
 
     def _poll_once(self) -> None:
@@ -266,7 +264,7 @@ class Worker:
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in self.pending_commits.items()}
         self.pending_commits = {}
         try:
-            self.consumer.commit_async(offsets, callback=_commit_failed)
+            self.consumer.commit_async(offsets, callback=commit_failed)
         except Exception as exc:  # noqa: BLE001 - monitoring only
             log.warning("could not commit group offsets (monitoring only): %s", exc)
 
@@ -321,45 +319,6 @@ class Worker:
             self.joined = False
             self.consumer = self._make_consumer()
             self.stalled_since = None
-
-
-def _wait_for_partitions(consumer: Any, topic: str, seconds: float = METADATA_WAIT_SECONDS) -> None:
-    """Block until the consumer's metadata lists the topic's partitions.
-
-    A group leader whose metadata lacks them (a topic created a moment ago) assigns nothing, and kafka-python
-    3.0 does not rejoin when they appear: the member sat with no partitions until the drain timed out
-    ("No partition metadata for topic …", then "assigned []": the suite's stuck first joins).
-    """
-    deadline = time.monotonic() + seconds
-    while not consumer.partitions_for_topic(topic):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Kafka lists no partitions for topic {topic!r} after {seconds:.0f} s")
-        time.sleep(0.1)
-
-
-def _seek(consumer: Any, partitions: Any, positions: dict[tuple[str, int], int | None]) -> None:
-    """Put each partition where the tables say it stands (from the start of the log when they know nothing).
-
-    A partition the answer does not name is left alone (still the old assignment, being revoked).
-    """
-    for tp in partitions:
-        if (tp.topic, tp.partition) not in positions:
-            continue
-        offset = positions[(tp.topic, tp.partition)]
-        if offset is None:
-            consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, offset)
-
-
-def _commit_failed(offsets: Any, result: Any) -> None:
-    if isinstance(result, Exception):
-        log.warning("could not commit group offsets (monitoring only): %s", result)
-
-
-def _load(dotted: str) -> Any:
-    module, _, name = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def _die_with_parent(parent: int) -> None:
