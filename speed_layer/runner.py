@@ -184,8 +184,11 @@ class SpeedLayer:
                     checked = time.monotonic()
                     if self.pipeline.state_stale():
                         self.pipeline.load_state()
+                if polled is not None and polled.generation != self.fetcher.generation:
+                    # fetched before a rebalance or a resync: neither its records nor its progress count
+                    caught_up, polled = False, None
                 caught_up = polled.caught_up if polled is not None else caught_up
-                if polled is None or not polled.records or polled.generation != self.fetcher.generation:
+                if polled is None or not polled.records:
                     if not caught_up:
                         idle_since = time.monotonic()  # quiet because not yet assigned or fetching: not idle
                     elif idle_exit_seconds is not None and time.monotonic() - idle_since > idle_exit_seconds:
