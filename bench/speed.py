@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lambdaflow import producer, registry, services
-from lambdaflow.config import EmbeddedKafka, LocalStorage, Settings, load_settings
+from lambdaflow.config import EmbeddedKafka, ExternalKafka, LocalStorage, Settings, load_settings
 from lambdaflow.contracts.commits import RECORDS_KEY, SEQ_KEY
 from lambdaflow.contracts.speed import SpeedTables
 from lambdaflow.features import FeatureFunction
@@ -247,6 +247,10 @@ def main() -> int:
         services.ensure_topic(bootstrap, live_topic, p.source.partitions)
         live = fresh_settings(base, "live").model_copy(
             update={"pipeline": pipeline.model_copy(update={"source": p.source.model_copy(update={"topic": live_topic})})}
+        )
+        # the embedded broker is found by the storage root it was started with: reach it by address instead
+        live = live.model_copy(
+            update={"profile": live.profile.model_copy(update={"kafka": ExternalKafka(kind="external", bootstrap_servers=bootstrap)})}
         )
         promote_champion(live)
         result["freshness"] = freshness(live, bootstrap, args.rate, args.seconds)
