@@ -10,8 +10,7 @@ The batches close adaptively: a batch is handed over when the processing side ha
 and a poll found nothing more (light traffic: small, fresh batches), or when it is full or has been open
 ``max_seconds`` (heavy traffic: large ones). At most one batch waits beyond the one in processing.
 
-Two sockets. ``data``: batches to the processing side (``("batch", generation, columns, caught_up, lag,
-closed_at)``, ``("error", exception)``), and ``("credit",)``, ``("commit", {(topic, partition): offset})``,
+Two sockets. ``data``: batches to the processing side (``("batch", generation, columns, caught_up, lag)``, ``("error", exception)``), and ``("credit",)``, ``("commit", {(topic, partition): offset})``,
 ``("stop",)``, ``("seek", generation, {(topic, partition): offset})`` from it. ``control``: rebalance requests ``("revoked",)`` and ``("assigned", [(topic,
 partition), ...])``, answered ``("ack", generation)`` and ``("positions", generation, {(topic, partition):
 offset or None})``.
@@ -252,7 +251,7 @@ class Worker:
             return
         self.credits -= 1
         batch = self.batch
-        self.data.send(("batch", batch.generation, batch.columns, caught_up, lag, time.monotonic()))
+        self.data.send(("batch", batch.generation, batch.columns, caught_up, lag))
         self.batch = _Open(batch.generation)
 
     def _commit_group(self) -> None:

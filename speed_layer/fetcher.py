@@ -44,14 +44,12 @@ class Polled:
         records: the records, in fetch order, each (topic, partition, offset) once.
         caught_up: True when every assigned partition had reached its high-water mark after the last poll.
         lag: records behind the high-water marks after the last poll.
-        fetched_at: when the batch closed (monotonic seconds, the same clock in both processes).
     """
 
     generation: int
     records: list[RawRecord] = field(default_factory=list)
     caught_up: bool = False
     lag: int = 0
-    fetched_at: float = 0.0
 
 
 class Fetcher:
@@ -123,8 +121,8 @@ class Fetcher:
                 raise ServiceError(f"the speed layer's fetch process exited (code {self._exit_code()})") from exc
             if message[0] == "batch":
                 conn.send(("credit",))
-                _, generation, columns, caught_up, lag, closed_at = message
-                return Polled(generation, list(map(RawRecord, *columns)), caught_up, lag, closed_at)
+                _, generation, columns, caught_up, lag = message
+                return Polled(generation, list(map(RawRecord, *columns)), caught_up, lag)
             if message[0] == "error":
                 raise _as_raised(message[1])
 
