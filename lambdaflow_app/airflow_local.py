@@ -6,6 +6,8 @@ started by the scheduler through the REST API) and by ``lambdaflow up`` (API ser
 
 from __future__ import annotations
 
+import datetime as dt
+import http.client
 import json
 import os
 import subprocess
@@ -13,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -102,8 +105,8 @@ def start_scheduler(settings: Settings, port: int | None = None) -> tuple[dict[s
 class AirflowApi:
     """Airflow's REST API (v2), logged in with the password its simple auth manager generated."""
 
-    def __init__(self, url: str, home: Path, timeout: float = 120) -> None:
-        self.url = url
+    def __init__(self, url: str, home: Path, timeout: float = 120, retry_for: float = 120) -> None:
+        self.url, self.retry_for = url, retry_for
         deadline = time.monotonic() + timeout
         passwords = home / "simple_auth_manager_passwords.json.generated"
         while not passwords.is_file() and time.monotonic() < deadline:
@@ -118,12 +121,14 @@ class AirflowApi:
         headers = {"Content-Type": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return dict(json.load(answer))
+        return request_json(urllib.request.Request(self.url + path, data=data, method=method, headers=headers), self.retry_for)
 
     def trigger(self, dag_id: str, timeout: float = 180) -> str:
-        """Unpause the DAG once the DAG processor has parsed it, start a run now; returns the run id."""
+        """Unpause the DAG once the DAG processor has parsed it, start a run now; returns the run id.
+
+        The run id is chosen here, so a creation retried after a dropped connection finds its own
+        run (409) instead of starting a second one.
+        """
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -133,8 +138,13 @@ class AirflowApi:
                 if exc.code != 404 or time.monotonic() > deadline:  # 404: not parsed yet
                     raise
                 time.sleep(2)
-        run = self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None})
-        return str(run["dag_run_id"])
+        run_id = f"lambdaflow__{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%S}__{uuid.uuid4().hex[:8]}"
+        try:
+            self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None})
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:  # 409: an attempt whose answer was lost created it
+                raise
+        return run_id
 
     def wait(self, dag_id: str, run_id: str, on_task: Callable[[str, str], None] | None = None, timeout: float = 3600) -> str:
         """Poll the run until it ends; ``on_task(task_id, state)`` on every change of a task's state. Returns the run's state."""
@@ -153,3 +163,43 @@ class AirflowApi:
                 return state
             time.sleep(3)
         raise TimeoutError(f"DAG run {dag_id}/{run_id} did not finish within {timeout:.0f}s")
+
+
+# A dropped connection, a refused one while a worker restarts, a gateway error: worth asking again.
+_TRANSIENT = (ConnectionError, http.client.RemoteDisconnected, http.client.IncompleteRead, TimeoutError)
+
+
+def _transient(exc: Exception) -> bool:
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code in (502, 503, 504)
+    if isinstance(exc, urllib.error.URLError):
+        return isinstance(exc.reason, _TRANSIENT)
+    return isinstance(exc, _TRANSIENT)
+
+
+def request_json(request: urllib.request.Request, retry_for: float) -> dict[str, Any]:
+    """Send ``request`` and decode its JSON answer, asking again for up to ``retry_for`` seconds after transient failures.
+
+    The API server on a loaded 2-core machine does drop a connection now and then (CI: one
+    RemoteDisconnected while polling a DAG run ended a 20-minute loop). Every call made here is
+    idempotent or made so by its caller, so asking again is safe.
+
+    Raises:
+        urllib.error.HTTPError: at once, for an answer that is an error and not a transient one.
+        ServiceError: when the API stayed unreachable for ``retry_for`` seconds, naming the last failure.
+    """
+    deadline, pause = time.monotonic() + retry_for, 0.5
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return dict(json.load(answer))
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            if time.monotonic() + pause > deadline:
+                raise ServiceError(
+                    f"Airflow's API at {request.full_url} failed for {retry_for:.0f}s ({type(exc).__name__}: {exc}); "
+                    "see the airflow-api log listed by `lambdaflow services status`"
+                ) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
