@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -165,6 +166,12 @@ def two_instances(settings: Settings, bootstrap: list[str], events: int, tmp: Pa
     return {"records_per_s": round(rate), "batches": n}
 
 
+def produce_steadily(bootstrap: list[str], pipeline: Any, rate: int, seconds: int) -> None:
+    """(A process of its own) ``rate`` events/s for ``seconds``, each stamped by Kafka at its send."""
+    events = generate(rate * seconds, days=1, seed=77).events
+    producer.produce(bootstrap, producer.pipeline_streams(pipeline, events), rate=rate)
+
+
 def freshness(settings: Settings, bootstrap: list[str], rate: int, seconds: int) -> dict[str, Any]:
     layer = SpeedLayer(settings, metrics_port=0)
     latencies: list[float] = []
@@ -176,11 +183,13 @@ def freshness(settings: Settings, bootstrap: list[str], rate: int, seconds: int)
         observe(result, lag, records)
 
     layer.metrics.observe = keep  # type: ignore[method-assign]
-    events = generate(rate * seconds, days=1, seed=77).events
-    sender = threading.Thread(target=lambda: producer.produce(bootstrap, producer.pipeline_streams(settings.pipeline, events), rate=rate))
+    # a process of its own, as a real producer is: a thread here took the interpreter lock from the layer
+    sender = multiprocessing.get_context("spawn").Process(target=produce_steadily, args=(bootstrap, settings.pipeline, rate, seconds))
     threading.Timer(8.0, sender.start).start()  # after the group join
     layer.run(idle_exit_seconds=4)
     sender.join()
+    if sender.exitcode != 0:
+        raise RuntimeError(f"the freshness producer exited with {sender.exitcode}")
     lat = np.array(latencies)
     return {
         "rate_events_per_s": rate,

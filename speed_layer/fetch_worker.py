@@ -8,7 +8,8 @@ a fraction of a second.
 
 The batches close adaptively: a batch is handed over when the processing side has asked for one (a credit)
 and a poll found nothing more (light traffic: small, fresh batches), or when it is full or has been open
-``max_seconds`` (heavy traffic: large ones). At most one batch waits beyond the one in processing.
+``max_seconds`` (heavy traffic: large ones). The processing side asks when it is ready, so light traffic
+leaves no closed batch waiting; it asks ahead only after a batch at least half full (load).
 
 Two sockets. ``data``: batches to the processing side (``("batch", generation, columns, caught_up, lag)``, ``("error", exception)``), and ``("credit",)``, ``("commit", {(topic, partition): offset})``,
 ``("stop",)``, ``("seek", generation, {(topic, partition): offset})`` from it. ``control``: rebalance requests ``("revoked",)`` and ``("assigned", [(topic,

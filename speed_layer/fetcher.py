@@ -75,9 +75,11 @@ class Fetcher:
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._control: Connection | None = None
+        #: a credit the fetch process has not answered with a batch yet
+        self._asked = False
 
     def start(self) -> None:
-        """Start the fetch process and give it the first credit."""
+        """Start the fetch process (it fetches at once; the first :meth:`next` asks for a batch)."""
         data, their_data = socket.socketpair()
         control, their_control = socket.socketpair()
         fds = (their_data.fileno(), their_control.fileno())
@@ -93,7 +95,6 @@ class Fetcher:
         self._conn = Connection(data.detach())
         self._control = Connection(control.detach())
         self._conn.send(self.spec)
-        self._conn.send(("credit",))
 
     def next(self, timeout: float) -> Polled | None:
         """The next batch (None when none came within ``timeout``), answering rebalances first.
@@ -104,6 +105,7 @@ class Fetcher:
         """
         conn, control = self._connection(), self._control
         assert control is not None
+        self._ask(conn)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -120,11 +122,25 @@ class Fetcher:
                     raise _as_raised(reason) from None
                 raise ServiceError(f"the speed layer's fetch process exited (code {self._exit_code()})") from exc
             if message[0] == "batch":
-                conn.send(("credit",))
                 _, generation, columns, caught_up, lag = message
+                self._asked = False
+                if len(columns[0]) >= self.spec.max_records // 2:
+                    self._ask(conn)  # under load: the next batch crosses over while this one is processed
                 return Polled(generation, list(map(RawRecord, *columns)), caught_up, lag)
             if message[0] == "error":
                 raise _as_raised(message[1])
+
+    def _ask(self, conn: Connection) -> None:
+        """Give the fetch process a credit unless one is outstanding.
+
+        Asked for when the processing side is ready, a batch holds everything fetched while the last one
+        was processed and no record waits in a closed batch behind it: at 5,000 events/s a batch closed
+        ahead of time added a whole micro-batch to every record's wait (p50 1.15 s, p99 1.80 s). A batch
+        at least half full means load, where throughput counts: the next credit goes out with it.
+        """
+        if not self._asked:
+            conn.send(("credit",))
+            self._asked = True
 
     @staticmethod
     def _last_error(conn: Connection) -> BaseException | None:

@@ -2,9 +2,10 @@
 
 Commit order: ``master/events`` first — it is the commit point and records the
 batch's Kafka offset ranges — then ``quarantine``, ``master/labels``,
-``speed/<view>`` and ``predictions``. Every commit carries the Delta ``txn``
-action (app id, ``s``), so replaying a batch skips the tables that already have
-it. After a crash, :meth:`SpeedPipeline.recover` replays the last batch from
+``speed/<view>`` and ``predictions`` side by side, as each is ready
+(:mod:`speed_layer.commits`); the batch ends when all have settled. Every commit
+carries the Delta ``txn`` action (app id, ``s``), so replaying a batch skips the
+tables that already have it. After a crash, :meth:`SpeedPipeline.recover` replays the last batch from
 Kafka by its recorded offset ranges: the tables that are behind catch up, the
 others skip.
 """
@@ -43,13 +44,14 @@ from lambdaflow.contracts.commits import (
 from lambdaflow.contracts.master import first_copies, to_label_rows, to_master_rows
 from lambdaflow.contracts.paths import MASTER_EVENTS, MASTER_LABELS, PREDICTIONS, QUARANTINE, speed_view
 from lambdaflow.contracts.speed import SpeedTables, prediction_rows, quarantine_rows
-from lambdaflow.errors import ConcurrentCommitError, TableError
+from lambdaflow.errors import TableError
 from lambdaflow.faults import crash_point
 from lambdaflow.features import FeatureFunction
 from lambdaflow.schemas import INGEST_SEQ
 from lambdaflow.scoring import ChampionCache
 from lambdaflow.tables import Head, Txn
 from lambdaflow.validation import RawRecord, Reject, Validator
+from speed_layer.commits import SideCommits
 from speed_layer.continuity import check_replay
 from speed_layer.dedupe import SeenEvents
 from speed_layer.fencing import check_claims, overlay, recorded_positions
@@ -74,8 +76,9 @@ class BatchResult:
     skipped_tables: list[str] = field(default_factory=list)
     #: events already ingested by an earlier micro-batch (kept in master/events, left out of everything else)
     duplicates: int = 0
-    #: seconds per stage: validate (decode, check, dedupe), master (the commit point), catch_up (other writers'
-    #: batches), side (quarantine, labels), features, views (partials and their commits), score, predictions
+    #: seconds per stage: validate (decode, check, dedupe), master (the commit point), side (labels), catch_up
+    #: (other writers' batches), features, views (partials), score, predictions (their rows), and commits: the
+    #: wait for the side, view and prediction commits, which run meanwhile on commit threads
     stages: dict[str, float] = field(default_factory=dict)
 
 
@@ -219,57 +222,53 @@ class SpeedPipeline:
         self._writing = self.app_id if replay is None else replay.app
         txn = Txn(self._writing, seq)
         clock.mark("master")
-
-        label_rows = None
-        label_spec = self.settings.pipeline.labels
-        if self.labels is not None and self.tables.labels is not None and label_spec is not None:
-            good_labels, label_accepted, bad_labels = self.labels.validate(label_records)
-            rejects += bad_labels
-            label_rows = to_label_rows(good_labels, label_spec, seq, *_coordinates(label_accepted), now)
-        rejects += other
-        self._commit(
-            QUARANTINE,
-            seq,
-            lambda: self.tables.quarantine.append(quarantine_rows(rejects, seq, now), txn=txn, operation="speed-quarantine"),
-            skipped,
-        )
-        if label_rows is not None:
-            self._commit(MASTER_LABELS, seq, lambda: self.tables.labels.append(label_rows, txn=txn, operation="speed-labels"), skipped)  # type: ignore[union-attr]
-
-        clock.mark("side")
-        if replay is None:
-            self.prior.catch_up(seq, self.seen)  # other writers' batches before this one, now that it has its place
-        # a copy another writer ingested first (the batch layer keeps that one) counts nowhere else
-        unique, late_copies = self.seen.drop_seen(unique)
-        duplicates += late_copies
-        self.seen.add(unique)
-        clock.mark("catch_up")
-        features = self.features.compute(unique, self.prior.states)
-        clock.mark("features")
-        partials = {}
-        for name, view in self.tables.views.items():
-            part = view.partials_arrow(unique)
-            partials[name] = part
-            tagged = part.append_column(INGEST_SEQ, pa.array(np.full(part.num_rows, seq, np.int64)))
-            self._commit(
-                speed_view(name),
-                seq,
-                functools.partial(self.tables.speed[name].append, tagged, txn=txn, operation="speed-partials"),
-                skipped,
+        commits = SideCommits()
+        try:
+            label_rows, quarantined = self._commit_side(commits, label_records, rejects + other, seq, txn, now)
+            clock.mark("side")
+            if replay is None:
+                self.prior.catch_up(seq, self.seen)  # other writers' batches before this one, now that it has its place
+            # a copy another writer ingested first (the batch layer keeps that one) counts nowhere else
+            unique, late_copies = self.seen.drop_seen(unique)
+            duplicates += late_copies
+            self.seen.add(unique)
+            clock.mark("catch_up")
+            features = self.features.compute(unique, self.prior.states)
+            clock.mark("features")
+            partials = {}
+            for name, view in self.tables.views.items():
+                part = view.partials_arrow(unique)
+                partials[name] = part
+                tagged = part.append_column(INGEST_SEQ, pa.array(np.full(part.num_rows, seq, np.int64)))
+                table = self.tables.speed[name]
+                commits.submit(
+                    speed_view(name),
+                    table,
+                    self._writing,
+                    seq,
+                    functools.partial(table.append, tagged, txn=txn, operation="speed-partials"),
+                )
+            self.prior.advance(partials, seq if replay is None else None)
+            clock.mark("views")
+            scores = self.scorer.score(features)
+            clock.mark("score")
+            predictions = prediction_rows(self.settings, unique, features, scores, self.scorer.version, seq, now)
+            table = self.tables.predictions
+            commits.submit(
+                PREDICTIONS, table, self._writing, seq, functools.partial(table.append, predictions, txn=txn, operation="speed-predictions")
             )
-        self.prior.advance(partials, seq if replay is None else None)
-
-        clock.mark("views")
-        scores = self.scorer.score(features)
-        clock.mark("score")
-        predictions = prediction_rows(self.settings, unique, features, scores, self.scorer.version, seq, now)
-        self._commit(PREDICTIONS, seq, lambda: self.tables.predictions.append(predictions, txn=txn, operation="speed-predictions"), skipped)
+            clock.mark("predictions")
+            skipped += commits.settle()
+        except BaseException:
+            commits.abandon()
+            raise
+        clock.mark("commits")
         max_time = pc.max(valid.column(spec.time_column)).as_py() if valid.num_rows else None
         return BatchResult(
             seq,
             len(records),
             unique.num_rows,
-            len(rejects),
+            quarantined,
             0 if label_rows is None else label_rows.num_rows,
             0 if scores is None else len(scores),
             self.scorer.version,
@@ -305,17 +304,27 @@ class SpeedPipeline:
         crash_point(f"after:{MASTER_EVENTS}:{self.seq}")
         return self.seq, committed["rows"]
 
-    def _commit(self, name: str, seq: int, commit: Callable[[], Any], skipped: list[str]) -> None:
-        try:
-            done = commit().skipped
-        except ConcurrentCommitError:
-            # two writers completing the same dead writer's batch: the txn conflict lets one through
-            if (self.tables.all()[name].txn_version(self._writing) or 0) < seq:
-                raise
-            done = True
-        if done:
-            skipped.append(name)
-        crash_point(f"after:{name}:{seq}")  # fault injection for the crash tests
+    def _commit_side(
+        self, commits: SideCommits, label_records: list[RawRecord], rejects: list[Reject], seq: int, txn: Txn, now: dt.datetime
+    ) -> tuple[pa.Table | None, int]:
+        """Submit the label and quarantine commits of batch ``seq``; returns the label rows (None without labels)
+        and the number of records quarantined."""
+        label_rows = None
+        label_spec = self.settings.pipeline.labels
+        if self.labels is not None and self.tables.labels is not None and label_spec is not None:
+            good_labels, label_accepted, bad_labels = self.labels.validate(label_records)
+            rejects = rejects + bad_labels
+            label_rows = to_label_rows(good_labels, label_spec, seq, *_coordinates(label_accepted), now)
+            labels = self.tables.labels
+            commits.submit(
+                MASTER_LABELS, labels, self._writing, seq, functools.partial(labels.append, label_rows, txn=txn, operation="speed-labels")
+            )
+        quarantine = self.tables.quarantine
+        rows = quarantine_rows(rejects, seq, now)
+        commits.submit(
+            QUARANTINE, quarantine, self._writing, seq, functools.partial(quarantine.append, rows, txn=txn, operation="speed-quarantine")
+        )
+        return label_rows, len(rejects)
 
     # ------------------------------------------------------------------ recovery
 
