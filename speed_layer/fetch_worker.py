@@ -6,12 +6,13 @@ interpreter lock from the processing thread for as long as the processing itself
 11.4k records/s, the layer 5.0k/s). It imports kafka-python and the standard library only, so it starts in
 a fraction of a second.
 
-The batches close adaptively: a batch is handed over when the processing side has asked for one (a credit)
-and a poll found nothing more (light traffic: small, fresh batches), or when it is full or has been open
-``max_seconds`` (heavy traffic: large ones). The processing side asks when it is ready, so light traffic
-leaves no closed batch waiting; it asks ahead only after a batch at least half full (load).
+The batches close adaptively, once the processing side has asked for one (a credit). Asked for while it
+waits, a batch is handed over after the next poll that finds anything: it holds what arrived while the
+last batch was processed, so batches are small and fresh under light traffic and grow with the load.
+After a batch at least half full the processing side asks ahead; that batch is handed over when it is
+full, when a poll finds nothing more, or after ``max_seconds``, unless the processing side says it now waits.
 
-Two sockets. ``data``: batches to the processing side (``("batch", generation, columns, caught_up, lag)``, ``("error", exception)``), and ``("credit",)``, ``("commit", {(topic, partition): offset})``,
+Two sockets. ``data``: batches to the processing side (``("batch", generation, columns, caught_up, lag)``, ``("error", exception)``), and ``("credit", waited_for)``, ``("waiting",)``, ``("commit", {(topic, partition): offset})``,
 ``("stop",)``, ``("seek", generation, {(topic, partition): offset})`` from it. ``control``: rebalance requests ``("revoked",)`` and ``("assigned", [(topic,
 partition), ...])``, answered ``("ack", generation)`` and ``("positions", generation, {(topic, partition):
 offset or None})``.
@@ -104,6 +105,8 @@ class Worker:
         #: where the last "assigned" answer put each partition (the main thread seeks there again)
         self.seek_to: dict[tuple[str, int], int | None] = {}
         self.credits = 0
+        #: the processing side waits for the batch asked for: hand it over after the next poll finding anything
+        self.waited_for = False
         self.halt = False
         self.joined = False
         #: set while the consumer closes: its last revocation needs no answer (nobody may be left to give it)
@@ -173,6 +176,9 @@ class Worker:
         kind = message[0]
         if kind == "credit":
             self.credits += 1
+            self.waited_for = message[1]
+        elif kind == "waiting":
+            self.waited_for = True
         elif kind == "commit":
             self.pending_commits.update(message[1])  # cumulative: the newest offset per partition is enough
         elif kind == "stop":
@@ -242,7 +248,7 @@ class Worker:
                     stamps.append(r.timestamp)
         caught_up, lag = self._progress()
         quiet = not polled or time.monotonic() - batch.opened >= self.spec.max_seconds
-        if (len(batch) and quiet) or caught_up:
+        if (len(batch) and (quiet or self.waited_for)) or caught_up:
             self._offer(caught_up, lag)
         self._watch(bool(polled) or caught_up or (self.joined and not assigned))
 
@@ -251,6 +257,7 @@ class Worker:
         if self.credits <= 0:
             return
         self.credits -= 1
+        self.waited_for = False
         batch = self.batch
         self.data.send(("batch", batch.generation, batch.columns, caught_up, lag))
         self.batch = _Open(batch.generation)

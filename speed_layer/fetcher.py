@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lambdaflow.errors import ServiceError
 from lambdaflow.validation import RawRecord
@@ -75,8 +75,8 @@ class Fetcher:
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._control: Connection | None = None
-        #: a credit the fetch process has not answered with a batch yet
-        self._asked = False
+        #: the credit the fetch process has not answered with a batch yet: asked ahead, or waited for
+        self._asked: Literal["ahead", "waiting"] | None = None
 
     def start(self) -> None:
         """Start the fetch process (it fetches at once; the first :meth:`next` asks for a batch)."""
@@ -105,7 +105,7 @@ class Fetcher:
         """
         conn, control = self._connection(), self._control
         assert control is not None
-        self._ask(conn)
+        self._ask(conn, "waiting")
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -123,24 +123,29 @@ class Fetcher:
                 raise ServiceError(f"the speed layer's fetch process exited (code {self._exit_code()})") from exc
             if message[0] == "batch":
                 _, generation, columns, caught_up, lag = message
-                self._asked = False
+                self._asked = None
                 if len(columns[0]) >= self.spec.max_records // 2:
-                    self._ask(conn)  # under load: the next batch crosses over while this one is processed
+                    self._ask(conn, "ahead")  # under load: the next batch fills while this one is processed
                 return Polled(generation, list(map(RawRecord, *columns)), caught_up, lag)
             if message[0] == "error":
                 raise _as_raised(message[1])
 
-    def _ask(self, conn: Connection) -> None:
-        """Give the fetch process a credit unless one is outstanding.
+    def _ask(self, conn: Connection, how: Literal["ahead", "waiting"]) -> None:
+        """Give the fetch process a credit, or say that the one it holds is now waited for.
 
-        Asked for when the processing side is ready, a batch holds everything fetched while the last one
-        was processed and no record waits in a closed batch behind it: at 5,000 events/s a batch closed
-        ahead of time added a whole micro-batch to every record's wait (p50 1.15 s, p99 1.80 s). A batch
-        at least half full means load, where throughput counts: the next credit goes out with it.
+        A batch asked for while the processing side waits is handed over after the next poll that finds
+        anything: it holds what arrived while the last batch was processed, so batches grow with the load
+        and no record waits behind a batch closed ahead of time (at 5,000 events/s that wait was a whole
+        micro-batch: p50 1.15 s, p99 1.80 s). A batch at least half full means load, where throughput
+        counts: the next credit goes out with it, "ahead", and that batch fills until it is full or a poll
+        finds nothing more.
         """
-        if not self._asked:
-            conn.send(("credit",))
-            self._asked = True
+        if self._asked is None:
+            conn.send(("credit", how == "waiting"))
+            self._asked = how
+        elif self._asked == "ahead" and how == "waiting":
+            conn.send(("waiting",))
+            self._asked = how
 
     @staticmethod
     def _last_error(conn: Connection) -> BaseException | None:
