@@ -10,15 +10,17 @@ On the embedded broker (``services up``), one topic of ``--events`` records is r
 3. one speed-layer instance end to end, with a champion loaded and scoring every event;
 4. two instances (``--instance 0`` and ``1``, processes of one consumer group).
 
-Then one instance runs while a producer sends ``--rate`` events/s for ``--seconds``: the end-to-end
-latency of each record, from its Kafka timestamp (the send) to its micro-batch being committed in every
-speed table, which is when a unified-view query or ``predictions`` first sees it. Per-stage times come
+Then one instance runs while a producer (a process of its own, paced every 10 ms) sends ``--rate``
+events/s for ``--seconds`` after 8 s of warm-up (the group join, not counted): the end-to-end latency of
+each record, from its Kafka timestamp (the send) to its micro-batch being committed in every speed table,
+which is when a unified-view query or ``predictions`` first sees it. Per-stage times come
 from the micro-batches themselves. Results go to ``bench/results/speed.json`` and ``speed.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import multiprocessing
@@ -26,7 +28,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,10 @@ def two_instances(settings: Settings, bootstrap: list[str], events: int, tmp: Pa
     return {"records_per_s": round(rate), "batches": n}
 
 
+#: Seconds of the freshness run not counted: the layer joins its consumer group meanwhile.
+WARM_UP_SECONDS = 8
+
+
 def produce_steadily(bootstrap: list[str], pipeline: Any, rate: int, seconds: int) -> None:
     """(A process of its own) ``rate`` events/s for ``seconds``, paced every 10 ms, each stamped by Kafka at its send.
 
@@ -187,22 +192,28 @@ def produce_steadily(bootstrap: list[str], pipeline: Any, rate: int, seconds: in
 
 def freshness(settings: Settings, bootstrap: list[str], rate: int, seconds: int) -> dict[str, Any]:
     layer = SpeedLayer(settings, metrics_port=0)
-    latencies: list[float] = []
+    latencies: list[Any] = []  # (seconds, sent at in ms), then the seconds counted
     observe = layer.metrics.observe
 
     def keep(result: Any, lag: int, records: Any = ()) -> None:
         now_ms = time.time() * 1000
-        latencies.extend((now_ms - r.timestamp_ms) / 1000 for r in records if r.timestamp_ms)
+        latencies.extend(((now_ms - r.timestamp_ms) / 1000, r.timestamp_ms) for r in records if r.timestamp_ms)
         observe(result, lag, records)
 
     layer.metrics.observe = keep  # type: ignore[method-assign]
-    # a process of its own, as a real producer is: a thread here took the interpreter lock from the layer
-    sender = multiprocessing.get_context("spawn").Process(target=produce_steadily, args=(bootstrap, settings.pipeline, rate, seconds))
-    threading.Timer(8.0, sender.start).start()  # after the group join
+    # a process of its own, as a real producer is: a thread here took the interpreter lock from the layer.
+    # Started first (the layer could otherwise idle-exit before it); the group join's seconds are not counted.
+    target = importlib.import_module("bench.speed").produce_steadily  # by module name: a spawned child imports it
+    sender = multiprocessing.get_context("spawn").Process(
+        target=target, args=(bootstrap, settings.pipeline, rate, seconds + WARM_UP_SECONDS)
+    )
+    sender.start()
+    counted_from_ms = (time.time() + WARM_UP_SECONDS) * 1000
     layer.run(idle_exit_seconds=4)
     sender.join()
     if sender.exitcode != 0:
         raise RuntimeError(f"the freshness producer exited with {sender.exitcode}")
+    latencies = [lat for lat, sent_ms in latencies if sent_ms >= counted_from_ms]
     lat = np.array(latencies)
     return {
         "rate_events_per_s": rate,
@@ -323,7 +334,7 @@ def render(r: dict[str, Any]) -> str:
         + f"Two instances / one: **{r['two_instances_to_one']}×**. One instance: {one['batches']} micro-batches, "
         f"{one['mean_batch_records']:,} records each on average, {one['scored']:,} scored.\n\n"
         f"Per-stage time (µs per record): {stages}\n\n"
-        f"End to end at a steady {fresh['rate_events_per_s']:,} events/s (send → committed in every speed table, "
+        f"End to end at a steady {fresh['rate_events_per_s']:,} events/s (send → committed in every speed table; producer process paced every 10 ms, "
         f"{fresh['events']:,} events): **p50 {fresh['p50_s']} s, p99 {fresh['p99_s']} s**, max {fresh['max_s']} s.\n"
     )
 
