@@ -317,3 +317,15 @@ def test_csv_records_round_trip_with_their_lines(
         expected_lines.append(line)
         line += 1 + x.count("\n") + y.count("\n")
     assert [n for c in chunks for n in c.lines.tolist()] == expected_lines
+
+
+def test_a_rate_is_kept_within_a_chunk_not_in_bursts(broker: list[str]) -> None:
+    """Regression: at 1,000/s, 2,000 rows (less than one 5,000-row chunk) went out in one burst; now ~2 s of sends."""
+    rows = pa.table({"k": [f"k{i % 7}" for i in range(2000)], "n": list(range(2000))})
+    topic = f"paced-{np.random.default_rng().integers(1 << 40)}"
+    report = producer.produce(broker, [producer.Stream(topic, rows, "k", None)], rate=1000)
+    stamps = np.sort([r.timestamp for r in services.iter_topic(broker, topic)])
+    assert len(stamps) == 2000 and report.seconds >= 1.9
+    # Kafka's create time of each record is its send: no 200-ms window holds much more than 200 of them
+    busiest = max(np.searchsorted(stamps, t + 200, side="left") - i for i, t in enumerate(stamps))
+    assert busiest <= 400, busiest
