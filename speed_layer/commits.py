@@ -11,6 +11,7 @@ settled, so the next batch never overtakes one.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -20,6 +21,8 @@ from lambdaflow.faults import crash_point
 from lambdaflow.tables import CommitResult, Table
 
 __all__ = ["COMMIT_THREADS", "SideCommits"]
+
+log = logging.getLogger(__name__)
 
 #: Commits in flight at once: a batch has up to ~6 after its master commit (quarantine, labels, a table
 #: per view, predictions); more threads than cores still helps while they wait on storage.
@@ -45,7 +48,13 @@ class SideCommits:
         self._pending: list[tuple[str, Future[bool]]] = []
 
     def submit(self, name: str, table: Table, writer: str, seq: int, commit: Callable[[], CommitResult]) -> None:
-        """Start ``commit`` (of batch ``seq`` by ``writer`` to ``table``, called ``name``) on a commit thread."""
+        """Start ``commit`` (of batch ``seq`` by ``writer`` to ``table``, called ``name``) on a commit thread.
+
+        Nothing more is started once a commit of the batch has failed: as after a crash there, the rest
+        stays behind for recovery (and :meth:`settle` raises).
+        """
+        if any(f.done() and not f.cancelled() and f.exception() is not None for _, f in self._pending):
+            return
         self._pending.append((name, _executor().submit(_commit, name, table, writer, seq, commit)))
 
     def settle(self) -> list[str]:
@@ -55,13 +64,14 @@ class SideCommits:
             Exception: the first commit's error, once every commit already started has ended too (none is
                 left in flight when the caller reloads and retries); commits not started by then are cancelled.
         """
-        pending, self._pending = self._pending, []
+        pending = self._pending
         futures = [future for _, future in pending]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         if any(not f.cancelled() and f.exception() is not None for f in done):
             for future in futures:  # like a crash there: what has not started stays behind, for recovery
                 future.cancel()
         wait(futures)
+        self._pending = []  # only now: interrupted above, abandon() still waits for these
         skipped, errors = [], []
         for name, future in pending:
             if future.cancelled():
@@ -70,6 +80,8 @@ class SideCommits:
                 errors.append(future.exception())
             elif future.result():
                 skipped.append(name)
+        for extra in errors[1:]:  # one is raised; the others would otherwise leave no trace
+            log.error("another commit of the same micro-batch failed too: %r", extra)
         if errors:
             raise errors[0]  # type: ignore[misc]
         return skipped
@@ -78,8 +90,8 @@ class SideCommits:
         """Wait for every submitted commit and ignore how it ended (another error is on its way up)."""
         try:
             self.settle()
-        except BaseException:  # noqa: BLE001 - the caller's error is the one to report
-            pass
+        except BaseException as exc:  # noqa: BLE001 - the caller's error is the one raised
+            log.error("a commit of the failed micro-batch failed too: %r", exc)
 
 
 def _commit(name: str, table: Table, writer: str, seq: int, commit: Callable[[], CommitResult]) -> bool:

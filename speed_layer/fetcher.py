@@ -140,12 +140,18 @@ class Fetcher:
         counts: the next credit goes out with it, "ahead", and that batch fills until it is full or a poll
         finds nothing more.
         """
+        message: tuple[Any, ...]
         if self._asked is None:
-            conn.send(("credit", how == "waiting"))
-            self._asked = how
+            message = ("credit", how == "waiting")
         elif self._asked == "ahead" and how == "waiting":
-            conn.send(("waiting",))
-            self._asked = how
+            message = ("waiting",)
+        else:
+            return
+        try:
+            conn.send(message)
+        except OSError:  # the fetch process is gone: the read that follows finds its last word (an error) or its exit
+            return
+        self._asked = how
 
     @staticmethod
     def _last_error(conn: Connection) -> BaseException | None:
