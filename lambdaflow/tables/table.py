@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from lambdaflow.contracts.paths import filesystem, join
@@ -183,26 +183,31 @@ class Table:
             TableError: a table exists with another schema or partitioning.
         """
         schema = normalize_schema(schema)
-        if self.exists():
-            current = self.snapshot()
-            if current.schema != schema or current.partition_by != tuple(partition_by):
-                raise TableError(
-                    f"{self.uri} exists with schema {current.schema} partitioned by {list(current.partition_by)}, "
-                    f"not {schema} partitioned by {list(partition_by)}"
+        if not self.exists():
+            try:
+                create_table_with_add_actions(
+                    self.uri,
+                    DeltaSchema.from_arrow(schema),
+                    [],
+                    mode="error",
+                    partition_by=list(partition_by) or None,
+                    name=name,
+                    description=description,
+                    configuration={**DEFAULT_CONFIGURATION, **(configuration or {})},
+                    storage_options=self.storage_options,
                 )
-            return current.version
-        create_table_with_add_actions(
-            self.uri,
-            DeltaSchema.from_arrow(schema),
-            [],
-            mode="error",
-            partition_by=list(partition_by) or None,
-            name=name,
-            description=description,
-            configuration={**DEFAULT_CONFIGURATION, **(configuration or {})},
-            storage_options=self.storage_options,
-        )
-        return 0
+                return 0
+            except DeltaError:
+                if not self.exists():
+                    raise
+                # another process created it in between (instances starting together): check it like any existing one
+        current = self.snapshot()
+        if current.schema != schema or current.partition_by != tuple(partition_by):
+            raise TableError(
+                f"{self.uri} exists with schema {current.schema} partitioned by {list(current.partition_by)}, "
+                f"not {schema} partitioned by {list(partition_by)}"
+            )
+        return current.version
 
     # -- writing files
 

@@ -225,3 +225,27 @@ def test_spark_reads_an_old_version(spark, table: Table) -> None:
     assert sorted(r.id for r in table.snapshot(1).to_spark(spark).collect()) == [0, 1]
     assert [r.id for r in table.snapshot().to_spark(spark).collect()] == [9]
     assert table.snapshot(0).to_spark(spark).count() == 0
+
+
+def test_processes_creating_one_table_at_once_all_get_it(tmp_path: Path) -> None:
+    """Regression (scale-out test, CI): three instances starting together; one lost the create race and exited 1."""
+    import threading
+
+    schema = pa.schema([("n", pa.int64())])
+    uri = str(tmp_path / "raced")
+    for attempt in range(5):
+        barrier, errors = threading.Barrier(6), []
+
+        def create(uri: str = f"{uri}-{attempt}", barrier: threading.Barrier = barrier, errors: list[Exception] = errors) -> None:
+            barrier.wait()
+            try:
+                Table(uri).create(schema)
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=create) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and Table(f"{uri}-{attempt}").snapshot().schema == schema  # (a rival create may add a version)
